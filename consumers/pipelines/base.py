@@ -1,0 +1,41 @@
+"""What every pipeline is: two plain functions, no Celery.
+
+``load(ctx)`` reads and validates the inputs from ``ctx.inputs`` (raising ``InvalidInput`` with a
+one-line reason for anything wrong) *before* a cluster is acquired, so bad input costs no
+cluster. ``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client`` and
+writes outputs to ``ctx.out`` (the attempt's prefix), returning what it wrote. The consumer
+then publishes ``timing.json`` and the manifest. The same two calls run from a notebook or test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from shared.jobspec import JobSpec
+from shared.settings import Settings
+from shared.store import ObjectInfo, ObjectStore
+from shared.timing import StageTimer
+
+
+@dataclass
+class PipelineContext:
+    spec: JobSpec
+    inputs: ObjectStore  # rooted at the job's input URI (the subject or volume)
+    out: ObjectStore  # rooted at this attempt's output prefix; nothing here is visible yet
+    timer: StageTimer
+    settings: Settings
+    workdir: Path  # local scratch, removed when the job ends
+
+
+@dataclass
+class PipelineResult:
+    files: list[ObjectInfo]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline(NamedTuple):
+    load: Callable[[PipelineContext], Any]
+    run: Callable[[PipelineContext, Any, Any], PipelineResult]

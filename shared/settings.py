@@ -1,0 +1,82 @@
+"""The one settings object. Every default lives here with the reason for it.
+
+Read from ``VOXFLEET_*`` environment variables (and nothing else in voxfleet reads
+``os.environ``). AWS credentials are deliberately *not* settings: boto3 reads its own standard
+chain (env, profile, instance role), so they never pass through our objects, logs or reports.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1024**3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXFLEET_", extra="ignore", frozen=True)
+
+    # Broker and job-state store. One Redis serves both: fewer moving parts for a fleet.
+    broker_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL (redis:// or rediss://, may carry a password; kept secret in logs).",
+    )
+    queue: str = Field(default="voxfleet", description="Default Celery queue name.")
+
+    # Object store.
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint override (MinIO, a test server); None means AWS."
+    )
+    s3_region: str = Field(default="us-east-1", description="Region for the S3 client.")
+    s3_max_attempts: int = Field(
+        default=8, ge=1, description="botocore 'standard' retry attempts per S3 call (5xx, throttling)."
+    )
+    s3_multipart_threshold: int = Field(
+        default=64 * 1024**2, description="Above this size uploads go multipart (parallel parts)."
+    )
+
+    # Compute.
+    default_cluster: str = Field(
+        default="local",
+        description="Cluster spec for jobs that do not name one: local, local:N, coiled, tcp://...",
+    )
+    local_workers: int | None = Field(
+        default=None, ge=1, description="Workers of a 'local' cluster; None = one per core."
+    )
+    local_memory_limit: str = Field(
+        default="auto", description="Per-worker memory limit of a local cluster (Dask syntax)."
+    )
+    dashboard: bool = Field(
+        default=False, description="Serve the Dask dashboard (off: a fleet does not need 1000 ports)."
+    )
+
+    # Reliability. Redis redelivers an unacked message once it is older than the visibility
+    # timeout (celery#5935), so it must exceed the longest job, with margin.
+    visibility_timeout_s: int = Field(default=12 * 3600, ge=60)
+    job_time_limit_s: int = Field(
+        default=8 * 3600, ge=10, description="A job is failed past this; kept < visibility timeout."
+    )
+    soft_shutdown_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long a consumer lets its job finish."
+    )
+    max_retries: int = Field(default=5, ge=0, description="Retries of a transient failure.")
+    retry_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay; doubles.")
+    retry_backoff_max_s: float = Field(default=600.0, gt=0)
+    state_ttl_s: int = Field(
+        default=90 * 24 * 3600, description="How long job records stay in Redis (campaigns are long)."
+    )
+
+    # Input limits: a hostile or mistaken input must fail cleanly, not exhaust a worker.
+    max_input_bytes: int = Field(default=16 * GIB, description="Largest single input object.")
+    max_voxels: int = Field(
+        default=2048**3 // 2, description="Largest volume (product of the spatial dims)."
+    )
+    max_volumes: int = Field(default=1024, description="Most DWI volumes (4th dimension).")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests build ``Settings(...)`` directly instead."""
+    return Settings()

@@ -1,0 +1,60 @@
+"""Per-stage wall-clock timing that ends up in each job's ``timing.json``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from shared.errors import TimeLimitExceeded
+
+
+class StageTimer:
+    """Records wall seconds per named stage, in the order the stages ran.
+
+    A stage run twice (a retried shard, say) accumulates. ``deadline`` (epoch seconds) is checked
+    whenever a stage starts: Celery's solo pool cannot enforce time limits with signals, so the
+    job enforces its own at stage boundaries. ``check`` is a hook run at every boundary too
+    (campaign cancellation uses it).
+    """
+
+    def __init__(
+        self, *, deadline: float | None = None, check: Callable[[str], None] | None = None
+    ) -> None:
+        self.started_at = time.time()
+        self._t0 = time.perf_counter()
+        self.stages: dict[str, float] = {}
+        self.extra: dict[str, Any] = {}
+        self.deadline = deadline
+        self._check = check
+
+    def boundary(self, name: str) -> None:
+        if self.deadline is not None and time.time() > self.deadline:
+            raise TimeLimitExceeded(f"time limit reached before stage {name!r}")
+        if self._check is not None:
+            self._check(name)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.boundary(name)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record(name, time.perf_counter() - t0)
+
+    def record(self, name: str, seconds: float) -> None:
+        self.stages[name] = self.stages.get(name, 0.0) + max(0.0, float(seconds))
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at,
+            "wall_s": round(self.elapsed, 6),
+            "stages_s": {k: round(v, 6) for k, v in self.stages.items()},
+            **self.extra,
+        }
