@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 # Ids become object-key components: no separators, no dots at the start, nothing exotic.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
-CLUSTER_PATTERN = r"^(local(:[1-9][0-9]{0,2})?|coiled|(tcp|tls)://[A-Za-z0-9_.\-]+:[0-9]{1,5})$"
+CLUSTER_PATTERN = r"^(local(:[1-9][0-9]{0,2})?|(tcp|tls)://[A-Za-z0-9_.\-]+:[0-9]{1,5})$"
 
 
 class PipelineParams(BaseModel):
@@ -106,8 +106,8 @@ class JobSpec(BaseModel):
                 raise ValueError("params must be an object")
             # Normalise to the full typed parameter set, so that defaults enter the job key
             # explicitly and an unknown or mistyped parameter fails here, not in a worker.
-            data["params"] = PIPELINE_PARAMS[pipeline].model_validate(params).model_dump(
-                mode="json"
+            data["params"] = (
+                PIPELINE_PARAMS[pipeline].model_validate(params).model_dump(mode="json")
             )
         return data
 

@@ -7,8 +7,6 @@ chain (env, profile, instance role), so they never pass through our objects, log
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,7 +29,9 @@ class Settings(BaseSettings):
     )
     s3_region: str = Field(default="us-east-1", description="Region for the S3 client.")
     s3_max_attempts: int = Field(
-        default=8, ge=1, description="botocore 'standard' retry attempts per S3 call (5xx, throttling)."
+        default=8,
+        ge=1,
+        description="botocore 'standard' retry attempts per S3 call (5xx, throttling).",
     )
     s3_multipart_threshold: int = Field(
         default=64 * 1024**2, description="Above this size uploads go multipart (parallel parts)."
@@ -49,7 +49,8 @@ class Settings(BaseSettings):
         default="auto", description="Per-worker memory limit of a local cluster (Dask syntax)."
     )
     dashboard: bool = Field(
-        default=False, description="Serve the Dask dashboard (off: a fleet does not need 1000 ports)."
+        default=False,
+        description="Serve the Dask dashboard (off: a fleet does not need 1000 ports).",
     )
 
     # Reliability. Redis redelivers an unacked message once it is older than the visibility
@@ -65,7 +66,8 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay; doubles.")
     retry_backoff_max_s: float = Field(default=600.0, gt=0)
     state_ttl_s: int = Field(
-        default=90 * 24 * 3600, description="How long job records stay in Redis (campaigns are long)."
+        default=90 * 24 * 3600,
+        description="How long job records stay in Redis (campaigns are long).",
     )
 
     # Input limits: a hostile or mistaken input must fail cleanly, not exhaust a worker.
@@ -76,7 +78,22 @@ class Settings(BaseSettings):
     max_volumes: int = Field(default=1024, description="Most DWI volumes (4th dimension).")
 
 
-@lru_cache(maxsize=1)
+_active: Settings | None = None
+
+
 def get_settings() -> Settings:
-    """The process-wide settings, read once. Tests build ``Settings(...)`` directly instead."""
-    return Settings()
+    """The process-wide settings, read from the environment once.
+
+    Library code takes a ``Settings`` argument; only process entry points (the consumer task,
+    the CLI) call this. Tests build ``Settings(...)`` directly.
+    """
+    global _active
+    if _active is None:
+        _active = Settings()
+    return _active
+
+
+def use_settings(settings: Settings) -> None:
+    """Install explicit settings for this process (``voxfleet worker --cluster ...``)."""
+    global _active
+    _active = settings

@@ -55,7 +55,7 @@ def safe_key(key: str) -> str:
     if not key or "\\" in key or "\x00" in key:
         raise UnsafePath(f"unsafe object key {key!r}")
     path = PurePosixPath(key)
-    if path.is_absolute() or any(part in ("..", ".") for part in path.parts):
+    if path.is_absolute() or any(part in ("..", ".") for part in key.split("/")):
         raise UnsafePath(f"object key {key!r} must be relative and contain no '.' or '..'")
     return path.as_posix()
 

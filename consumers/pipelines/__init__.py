@@ -1,0 +1,20 @@
+"""The pipeline registry: name -> ``Pipeline(load, run)``. Imported once by the consumer."""
+
+from __future__ import annotations
+
+from consumers.pipelines import dti
+from consumers.pipelines.base import Pipeline
+from shared.errors import InvalidInput
+
+PIPELINES: dict[str, Pipeline] = {"dti": Pipeline(load=dti.load, run=dti.run)}
+
+
+def get_pipeline(name: str) -> Pipeline:
+    """The named pipeline; an unknown name is a permanent ``InvalidInput``."""
+    try:
+        return PIPELINES[name]
+    except KeyError:
+        raise InvalidInput(f"unknown pipeline {name!r}") from None
+
+
+__all__ = ["PIPELINES", "Pipeline", "get_pipeline"]

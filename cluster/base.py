@@ -1,0 +1,60 @@
+"""One base for every cluster backend (after dask-jobqueue: a backend sets a few things, the
+base does the work). A backend makes a ``distributed.Client``; the base times acquisition and
+release, describes the cluster for ``timing.json``, and guarantees teardown."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+from distributed import Client
+
+from shared.settings import Settings
+
+
+class ClusterBackend(ABC):
+    name: str = "base"
+    #: False for clusters voxfleet did not create (an existing scheduler): never shut them down.
+    owns_cluster: bool = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: Client | None = None
+        self.acquire_s = 0.0
+        self.release_s = 0.0
+
+    @abstractmethod
+    def _start(self) -> Client:
+        """Create or connect to the cluster and return a client to it."""
+
+    def _stop(self) -> None:
+        """Shut down what ``_start`` created; the base closes the client."""
+
+    def start(self) -> Client:
+        t0 = time.perf_counter()
+        self.client = self._start()
+        self.acquire_s = time.perf_counter() - t0
+        return self.client
+
+    def close(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            if self.client is not None:
+                self.client.close()
+        finally:
+            if self.owns_cluster:
+                self._stop()
+            self.release_s = time.perf_counter() - t0
+
+    def describe(self) -> dict[str, Any]:
+        """What timing.json records about the cluster; collected while it is still up."""
+        info: dict[str, Any] = {"backend": self.name, "acquire_s": round(self.acquire_s, 6)}
+        if self.client is not None:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+            info["workers"] = len(workers)
+            info["threads"] = sum(w.get("nthreads", 0) for w in workers.values())
+            info["memory_bytes"] = sum(w.get("memory_limit", 0) or 0 for w in workers.values())
+            if self.settings.dashboard:
+                info["dashboard"] = self.client.dashboard_link
+        return info

@@ -1,0 +1,102 @@
+"""The Celery app, configured by the reliability rules (docs/architecture.md).
+
+Only this module and ``consumers.tasks`` know about Celery. ``make_app(settings)`` builds an app
+for any settings (the producer publishes through one); ``app`` is the consumer's, for
+``celery -A consumers.app worker`` and ``voxfleet worker``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.worker.consumer import Consumer
+
+from shared.settings import Settings, get_settings
+
+TASK_NAME = "voxfleet.run_job"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        # JSON only: a pickle message would be remote code execution on every consumer.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        # Ack after the job, requeue if the consumer dies, hold one message at a time.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # An unacked message is redelivered once older than this (celery#5935): longer than
+        # the longest job. Conditional manifest commits make a redelivery harmless anyway.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        # A consumer that loses Redis mid-job lets the message be redelivered elsewhere.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_default_queue": settings.queue,
+        "task_ignore_result": True,  # job state lives in consumers.ledger, not a result backend
+        # Hard/soft limits only bind prefork pools; solo consumers also enforce the job time
+        # limit themselves at stage boundaries (shared.timing.StageTimer).
+        "task_time_limit": settings.job_time_limit_s + 300,
+        "task_soft_time_limit": settings.job_time_limit_s,
+        # Scale-in: SIGTERM gives the running job this long, then it is requeued, not lost.
+        "worker_soft_shutdown_timeout": settings.soft_shutdown_s,
+        "worker_enable_soft_shutdown_on_idle": True,
+        # Events for Flower.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_consumer": "consumers.app:DeadLetteringConsumer",
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("voxfleet", broker=settings.broker_url.get_secret_value(), set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, plus a dead-letter record for every message it cannot run.
+
+    Celery acks (drops) undecodable or disallowed messages after logging them; we also keep the
+    raw body (never deserialised) and mark the job failed so ``voxfleet status`` can say why.
+    """
+
+    def _dead_letter(self, message: Any, reason: str) -> None:
+        from consumers.tasks import ledger_for_consumer
+
+        headers = getattr(message, "headers", None) or {}
+        job_id = headers.get("id") if isinstance(headers, dict) else None
+        body = message.body
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else repr(body)
+        ledger = ledger_for_consumer()
+        ledger.dead_letter(job_id, reason, text)
+        if isinstance(job_id, str) and job_id:
+            ledger.record(job_id, "failed", reason=reason)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._dead_letter(
+            message,
+            f"rejected message: content type {message.content_type!r} is not accepted "
+            f"or the body does not decode ({type(exc).__name__})",
+        )
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._dead_letter(message, "rejected message: not a task message")
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        headers = message.headers or {}
+        self._dead_letter(message, f"rejected message: unknown task {headers.get('task')!r}")
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, f"rejected message: invalid task message ({exc})")
+        super().on_invalid_task(body, message, exc)
+
+
+app = make_app(get_settings())
+app.conf.include = ["consumers.tasks"]

@@ -1,0 +1,184 @@
+"""The ``dti`` pipeline: a diffusion tensor fit (FA and MD maps) of an HCP-layout subject.
+
+The mask voxels are flattened to one (voxels, volumes) array, split into contiguous chunks and
+scattered to the workers; each task fits its chunk with dipy and sends back FA and MD only.
+The tensor fit is independent per voxel (dipy clips to a fixed minimum signal, not a data-
+dependent one), so the chunked result equals a serial fit of the whole volume.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from numpy.typing import NDArray
+
+from consumers.pipelines import qc
+from consumers.pipelines.base import PipelineContext, PipelineResult
+from consumers.pipelines.hcp import Subject, load_subject
+from shared.errors import InvalidInput
+from shared.jobspec import DtiParams
+from shared.store import ObjectInfo
+
+CHUNKS_PER_WORKER = 4  # a few per worker lets a fast worker take over a slow one's share
+# Six tensor elements plus S0: fewer diffusion-weighted volumes leave the fit underdetermined.
+MIN_DWI_VOLUMES = 6
+WM_FA_THRESHOLD = 0.2  # a common FA cut for "white matter" in summaries; no segmentation needed
+
+
+def _params(ctx: PipelineContext) -> DtiParams:
+    params = ctx.spec.parameters()
+    if not isinstance(params, DtiParams):
+        raise InvalidInput(f"dti pipeline given {type(params).__name__} parameters")
+    return params
+
+
+def load(ctx: PipelineContext) -> Subject:
+    """Read and validate the subject; runs before any cluster exists."""
+    params = _params(ctx)
+    with ctx.timer.stage("load"):
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        subject = load_subject(
+            ctx.inputs, ctx.workdir, ctx.settings, b0_threshold=params.b0_threshold
+        )
+        n_dwi = int(np.count_nonzero(~subject.gtab.b0s_mask))
+        if n_dwi < MIN_DWI_VOLUMES:
+            raise InvalidInput(
+                f"only {n_dwi} diffusion-weighted volumes (b > {params.b0_threshold:g}); "
+                f"a tensor fit needs at least {MIN_DWI_VOLUMES}"
+            )
+    return subject
+
+
+def fit_chunk(
+    chunk: NDArray[np.float32], gtab: Any, fit_method: str
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]], float, str]:
+    """Runs on a worker: FA and MD of a (voxels, volumes) chunk, the seconds it took, and where.
+
+    Module-level so it pickles by reference and workers import it instead of receiving code.
+    """
+    from dipy.reconst.dti import TensorModel
+    from distributed import get_worker
+
+    t0 = time.perf_counter()
+    model = TensorModel(gtab, fit_method=fit_method)  # type: ignore[no-untyped-call]
+    fit = model.fit(chunk)
+    fa, md = np.asarray(fit.fa), np.asarray(fit.md)
+    elapsed = time.perf_counter() - t0
+    try:
+        where = str(get_worker().address)
+    except ValueError:  # called outside a worker (a notebook, a serial fallback)
+        where = "local"
+    return fa, md, elapsed, where
+
+
+def chunk_count(requested: int | None, n_workers: int, n_voxels: int) -> int:
+    """How many chunks: as requested, else a few per worker; never more than there are voxels
+    (an empty chunk would be a task with nothing to do)."""
+    wanted = requested if requested is not None else CHUNKS_PER_WORKER * max(1, n_workers)
+    return max(1, min(wanted, n_voxels))
+
+
+def fit_tensor(
+    ctx: PipelineContext, subject: Subject, client: Any, params: DtiParams
+) -> tuple[NDArray[np.float32], NDArray[np.float32], int]:
+    """FA and MD volumes (zero outside the mask) fitted across the cluster, and the chunk count."""
+    voxels = subject.data[subject.mask]  # (n_voxels, n_volumes), C order = mask order
+    # n_workers=-1: all workers (the default has been capped at a few in some releases).
+    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    n_chunks = chunk_count(params.chunks, n_workers, voxels.shape[0])
+    # array_split spreads the remainder over the first chunks: no voxel is dropped.
+    chunks = np.array_split(voxels, n_chunks)
+    del voxels
+    # Scatter once, then pass futures: tasks then carry a reference, not a copy of their data.
+    # hash=False: unique keys, so two jobs sharing a long-lived cluster never alias chunks.
+    remote = client.scatter(chunks, hash=False)
+    del chunks
+    futures = [
+        client.submit(fit_chunk, part, subject.gtab, params.fit_method, pure=False)
+        for part in remote
+    ]
+    try:
+        results = client.gather(futures)
+    except BaseException:
+        # Stop the rest of the work on a cluster that may outlive this job (a shared one).
+        client.cancel(futures)
+        raise
+    # Dropping the last references releases the chunks and results on the workers.
+    del futures, remote
+
+    busy: dict[str, float] = {}
+    for _, _, seconds, where in results:
+        busy[where] = busy.get(where, 0.0) + float(seconds)
+    ctx.timer.extra["workers_busy_s"] = {k: round(v, 6) for k, v in sorted(busy.items())}
+    ctx.timer.extra["dti_chunks"] = n_chunks
+
+    fa = np.zeros(subject.shape, dtype=np.float32)
+    md = np.zeros(subject.shape, dtype=np.float32)
+    # gather keeps submission order, and the chunks are consecutive runs of mask voxels.
+    fa[subject.mask] = np.concatenate([r[0] for r in results])
+    md[subject.mask] = np.concatenate([r[1] for r in results])
+    return fa, md, n_chunks
+
+
+def _write_nifti(
+    ctx: PipelineContext, key: str, volume: NDArray[np.float32], subject: Subject
+) -> ObjectInfo:
+    img: Any = nib.Nifti1Image(volume, subject.affine)  # type: ignore[no-untyped-call]
+    # Keep the input's space labels (scanner / aligned / MNI...), not nibabel's defaults.
+    qform_code, sform_code = subject.xform_codes
+    img.set_qform(subject.affine, code=qform_code)
+    img.set_sform(subject.affine, code=sform_code)
+    img.header.set_xyzt_units(xyz="mm")
+    path = ctx.workdir / "out" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return ctx.out.put_file(key, path)
+
+
+def _summary(
+    subject: Subject, fa: NDArray[np.float32], md: NDArray[np.float32], n_chunks: int
+) -> dict[str, Any]:
+    fa_in, md_in = fa[subject.mask], md[subject.mask]
+    wm = fa_in[fa_in > WM_FA_THRESHOLD]
+
+    def stat(values: NDArray[Any], how: Any) -> float | None:
+        # None rather than NaN: the summary goes to JSON, which has no NaN.
+        finite = values[np.isfinite(values)]
+        return round(float(how(finite)), 8) if finite.size else None
+
+    return {
+        "voxels": int(fa_in.size),
+        "chunks": n_chunks,
+        "fa_median": stat(fa_in, np.median),
+        "fa_mean_wm": stat(wm, np.mean),
+        "wm_voxels": int(wm.size),
+        "md_median": stat(md_in, np.median),
+        "volumes": int(subject.data.shape[3]),
+        "b0_volumes": int(np.count_nonzero(subject.gtab.b0s_mask)),
+        "nonfinite_values": subject.nonfinite_values,
+    }
+
+
+def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
+    params = _params(ctx)
+    with ctx.timer.stage("dti"):
+        fa, md, n_chunks = fit_tensor(ctx, subject, client, params)
+    files: list[ObjectInfo] = []
+    with ctx.timer.stage("write"):
+        files.append(_write_nifti(ctx, "fa.nii.gz", fa, subject))
+        files.append(_write_nifti(ctx, "md.nii.gz", md, subject))
+    if params.qc:
+        with ctx.timer.stage("qc"):
+            png = qc.save_mid_slices(
+                ctx.workdir / "out" / "qc" / "fa.png",
+                fa,
+                subject.affine,
+                title=f"{ctx.spec.subject}: FA ({params.fit_method})",
+                vmin=0.0,
+                vmax=1.0,
+            )
+            files.append(ctx.out.put_file("qc/fa.png", png))
+    return PipelineResult(files=files, summary=_summary(subject, fa, md, n_chunks))

@@ -1,0 +1,327 @@
+"""Reading one HCP-layout subject (``T1w/Diffusion/...``) from an object store, validated.
+
+Everything a user could get wrong about an input becomes ``InvalidInput`` with a one-line reason
+naming the file, *before* any cluster is acquired. Header checks (rank, dimensions against the
+configured limits) run before the voxel data is decompressed, so a hostile or mistaken input is
+refused without ever being inflated in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from numpy.typing import NDArray
+
+from shared.errors import InvalidInput, MissingInput
+from shared.settings import Settings
+from shared.store import ObjectStore
+
+DWI_KEY = "T1w/Diffusion/data.nii.gz"
+BVALS_KEY = "T1w/Diffusion/bvals"
+BVECS_KEY = "T1w/Diffusion/bvecs"
+MASK_KEY = "T1w/Diffusion/nodif_brain_mask.nii.gz"
+APARC_KEY = "T1w/aparc+aseg.nii.gz"
+
+# The text gradient tables are tiny; anything bigger is not a bvals/bvecs file.
+_MAX_TEXT_BYTES = 1024**2
+# What nibabel and the gzip/zlib layers raise for truncated, corrupt or non-NIfTI bytes.
+_NIFTI_ERRORS = (
+    EOFError,
+    zlib.error,
+    OSError,
+    ValueError,
+    TypeError,
+    ImageFileError,
+    HeaderDataError,
+)
+# Mask and label volumes may share the DWI grid only up to rounding in the stored affine.
+_AFFINE_ATOL = 1e-3
+
+
+@dataclass
+class Subject:
+    """A validated diffusion dataset, ready to fit."""
+
+    data: NDArray[np.float32]  # (x, y, z, volumes)
+    affine: NDArray[np.float64]  # voxel -> world (mm), shared by data and mask
+    gtab: Any  # dipy GradientTable (dipy has no type stubs)
+    mask: NDArray[np.bool_]  # (x, y, z)
+    zooms: tuple[float, float, float]  # voxel size in mm
+    xform_codes: tuple[int, int]  # (qform_code, sform_code) of data.nii.gz, reused on outputs
+    nonfinite_values: int  # NaN/inf DWI samples that were replaced by 0
+    source: str  # URI of the subject directory, for messages and reports
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        x, y, z = self.data.shape[:3]
+        return (x, y, z)
+
+
+def _require(inputs: ObjectStore, key: str) -> int:
+    """The object's size; a MissingInput naming the object (and the layout) if it is absent."""
+    try:
+        return inputs.size(key)
+    except MissingInput:
+        raise MissingInput(
+            f"missing input {inputs.uri_for(key)} (an HCP subject needs {key})"
+        ) from None
+
+
+def _fetch(inputs: ObjectStore, key: str, workdir: Path, settings: Settings) -> Path:
+    size = _require(inputs, key)
+    if size > settings.max_input_bytes:
+        raise InvalidInput(
+            f"{key} is {size} bytes, above the {settings.max_input_bytes}-byte input limit"
+        )
+    if size == 0:
+        raise InvalidInput(f"{key} is empty: {inputs.uri_for(key)}")
+    dest = workdir / "inputs" / key
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return inputs.get_file(key, dest)
+
+
+def _open_nifti(path: Path, key: str) -> Any:
+    try:
+        img = nib.load(path)
+    except _NIFTI_ERRORS as exc:
+        raise InvalidInput(f"{key} is not a readable NIfTI file ({_one_line(exc)})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InvalidInput(f"{key} is a {type(img).__name__}, expected NIfTI")
+    return img
+
+
+def _read_voxels(img: Any, path: Path, key: str, dtype: Any) -> NDArray[Any]:
+    try:
+        arr = np.asarray(img.get_fdata(dtype=dtype) if dtype is not None else img.dataobj)
+    except _NIFTI_ERRORS as exc:
+        raise InvalidInput(
+            f"{key} is corrupt or truncated ({type(exc).__name__}: {_one_line(exc)})"
+        ) from None
+    # The array is in memory now; the scratch copy only costs disk (1+ GB for an HCP DWI).
+    path.unlink(missing_ok=True)
+    return arr
+
+
+def _check_spatial(shape: tuple[int, ...], key: str, settings: Settings) -> None:
+    if any(int(n) < 1 for n in shape[:3]):
+        raise InvalidInput(f"{key} has an empty dimension: shape {tuple(shape)}")
+    n_vox = int(np.prod(shape[:3], dtype=np.int64))
+    if n_vox > settings.max_voxels:
+        raise InvalidInput(
+            f"{key} has {n_vox} voxels {tuple(shape[:3])}, above the limit of {settings.max_voxels}"
+        )
+
+
+def _read_text(inputs: ObjectStore, key: str, settings: Settings) -> str:
+    size = _require(inputs, key)
+    limit = min(settings.max_input_bytes, _MAX_TEXT_BYTES)
+    if size > limit:
+        raise InvalidInput(f"{key} is {size} bytes, above the {limit}-byte input limit")
+    try:
+        return inputs.get_bytes(key).decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{key} is not a plain-text gradient table") from None
+
+
+def _parse_table(text: str, key: str) -> NDArray[np.float64]:
+    try:
+        table = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise InvalidInput(f"{key} is not a table of numbers ({_one_line(exc)})") from None
+    if table.size == 0:
+        raise InvalidInput(f"{key} is empty")
+    if not np.isfinite(table).all():
+        raise InvalidInput(f"{key} contains NaN or infinite values")
+    return table
+
+
+def read_gradients(
+    bvals_text: str, bvecs_text: str, n_volumes: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """bvals (N,) and bvecs (N, 3) from FSL-style text, checked against the DWI's volume count.
+
+    bvecs may be 3xN (HCP, FSL) or Nx3 (some exporters); 3xN wins when both fit (N == 3).
+    """
+    bvals_table = _parse_table(bvals_text, BVALS_KEY)
+    if min(bvals_table.shape) != 1:
+        raise InvalidInput(f"{BVALS_KEY} must be one row of b-values, got {bvals_table.shape}")
+    bvals = bvals_table.ravel()
+    if bvals.size != n_volumes:
+        raise InvalidInput(
+            f"{BVALS_KEY} has {bvals.size} values but {DWI_KEY} has {n_volumes} volumes"
+        )
+    if (bvals < 0).any():
+        raise InvalidInput(f"{BVALS_KEY} contains negative b-values")
+
+    table = _parse_table(bvecs_text, BVECS_KEY)
+    if table.shape[0] == 3 and table.shape[1] == n_volumes:
+        bvecs = table.T
+    elif table.shape[1] == 3 and table.shape[0] == n_volumes:
+        bvecs = table
+    elif 3 in table.shape:
+        n_dirs = table.shape[1] if table.shape[0] == 3 else table.shape[0]
+        raise InvalidInput(
+            f"{BVECS_KEY} has {n_dirs} directions but {DWI_KEY} has {n_volumes} volumes"
+        )
+    else:
+        raise InvalidInput(
+            f"{BVECS_KEY} must be 3xN (or Nx3), got {table.shape[0]}x{table.shape[1]}"
+        )
+    return bvals, np.ascontiguousarray(bvecs)
+
+
+def gradient_table_for(
+    bvals: NDArray[np.float64], bvecs: NDArray[np.float64], b0_threshold: float
+) -> Any:
+    """A dipy GradientTable, with dipy's own objections turned into InvalidInput."""
+    from dipy.core.gradients import gradient_table
+
+    try:
+        gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
+    except ValueError as exc:
+        raise InvalidInput(f"{BVECS_KEY}/{BVALS_KEY} rejected: {_one_line(exc)}") from None
+    if not gtab.b0s_mask.any():
+        raise InvalidInput(
+            f"{BVALS_KEY} has no b0 volume (none <= b0_threshold {b0_threshold:g}); "
+            "a b0 is needed to normalise the signal"
+        )
+    return gtab
+
+
+def load_subject(
+    inputs: ObjectStore, workdir: Path, settings: Settings, *, b0_threshold: float
+) -> Subject:
+    """Download, validate and load the diffusion data of the subject rooted at ``inputs``."""
+    # Fetch every small file first: a missing bvecs should not cost a multi-GB download.
+    bvals_text = _read_text(inputs, BVALS_KEY, settings)
+    bvecs_text = _read_text(inputs, BVECS_KEY, settings)
+    _require(inputs, MASK_KEY)
+
+    dwi_path = _fetch(inputs, DWI_KEY, workdir, settings)
+    img = _open_nifti(dwi_path, DWI_KEY)
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) != 4:
+        raise InvalidInput(f"{DWI_KEY} must be 4D (x, y, z, volumes), got {len(shape)}D {shape}")
+    _check_spatial(shape, DWI_KEY, settings)
+    if shape[3] > settings.max_volumes:
+        raise InvalidInput(
+            f"{DWI_KEY} has {shape[3]} volumes, above the limit of {settings.max_volumes}"
+        )
+    bvals, bvecs = read_gradients(bvals_text, bvecs_text, shape[3])
+    gtab = gradient_table_for(bvals, bvecs, b0_threshold)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    zx, zy, zz = (float(z) for z in img.header.get_zooms()[:3])
+    xform_codes = (int(img.header["qform_code"]), int(img.header["sform_code"]))
+
+    mask_path = _fetch(inputs, MASK_KEY, workdir, settings)
+    mask_img = _open_nifti(mask_path, MASK_KEY)
+    mask_shape = tuple(int(n) for n in mask_img.shape)
+    if len(mask_shape) == 4 and mask_shape[3] == 1:
+        mask_shape = mask_shape[:3]  # some tools write masks as (x, y, z, 1)
+    if mask_shape != shape[:3]:
+        raise InvalidInput(
+            f"{MASK_KEY} has shape {mask_shape} but {DWI_KEY} volumes are {shape[:3]}"
+        )
+    if not np.allclose(mask_img.affine, affine, atol=_AFFINE_ATOL):
+        raise InvalidInput(f"{MASK_KEY} is not on the same grid (affine) as {DWI_KEY}")
+    raw_mask = _read_voxels(mask_img, mask_path, MASK_KEY, None).reshape(shape[:3])
+    mask = np.isfinite(raw_mask) & (raw_mask != 0)
+    if not mask.any():
+        raise InvalidInput(f"{MASK_KEY} is empty (no brain voxels)")
+
+    data = _read_voxels(img, dwi_path, DWI_KEY, np.float32)
+    # Scanner or reconstruction glitches leave isolated NaN/inf samples in otherwise good data.
+    # Zero is below dipy's minimum signal and gets clipped like any dropout, so the affected
+    # voxels still fit; failing the whole subject would be harsher. The count is reported.
+    finite = np.isfinite(data)
+    nonfinite = int(finite.size - np.count_nonzero(finite))
+    if nonfinite:
+        data[~finite] = 0.0
+    del finite
+    return Subject(
+        data=data,
+        affine=affine,
+        gtab=gtab,
+        mask=mask,
+        zooms=(zx, zy, zz),
+        xform_codes=xform_codes,
+        nonfinite_values=nonfinite,
+        source=inputs.uri,
+    )
+
+
+def load_aparc(
+    inputs: ObjectStore, workdir: Path, settings: Settings, key: str = APARC_KEY
+) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
+    """The FreeSurfer label volume (``T1w/aparc+aseg.nii.gz``) as int32, and its affine."""
+    path = _fetch(inputs, key, workdir, settings)
+    img = _open_nifti(path, key)
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InvalidInput(f"{key} must be a 3D label volume, got shape {shape}")
+    _check_spatial(shape, key, settings)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    raw = _read_voxels(img, path, key, None).reshape(shape)
+    if raw.dtype.kind == "f":
+        if not np.isfinite(raw).all():
+            raise InvalidInput(f"{key} contains NaN or infinite labels")
+        rounded = np.rint(raw)
+        if not np.allclose(raw, rounded, atol=1e-3):
+            raise InvalidInput(f"{key} has non-integer labels; is it really a segmentation?")
+        raw = rounded
+    elif raw.dtype.kind not in "iub":
+        raise InvalidInput(f"{key} has unsupported data type {raw.dtype}")
+    return raw.astype(np.int32), affine
+
+
+def resample_labels_nearest(
+    labels: NDArray[np.integer[Any]],
+    labels_affine: NDArray[np.floating[Any]],
+    target_shape: tuple[int, int, int],
+    target_affine: NDArray[np.floating[Any]],
+    *,
+    fill: int = 0,
+) -> NDArray[np.int32]:
+    """Labels on the target grid: each target voxel centre takes the label of the nearest
+    source voxel centre in world coordinates; centres outside the source grid get ``fill``.
+
+    Nearest neighbour keeps labels as labels (no interpolated, meaningless in-between ids).
+    Ties (a centre exactly half-way) round up, so the result does not depend on numpy's
+    round-half-to-even.
+    """
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be 3D, got shape {labels.shape}")
+    # target voxel -> world -> source voxel, as one affine.
+    vox2vox = np.linalg.inv(np.asarray(labels_affine, dtype=np.float64)) @ np.asarray(
+        target_affine, dtype=np.float64
+    )
+    rot, shift = vox2vox[:3, :3], vox2vox[:3, 3]
+    nx, ny, nz = target_shape
+    jj, kk = np.meshgrid(np.arange(ny), np.arange(nz), indexing="ij")
+    jk = np.stack([jj.ravel(), kk.ravel()]).astype(np.float64)  # (2, ny*nz)
+    src_shape = np.asarray(labels.shape)[:, None]
+    out = np.full(target_shape, fill, dtype=np.int32)
+    # One x-plane at a time keeps the coordinate arrays small for full-size brains.
+    for i in range(nx):
+        coords = rot[:, :1] * float(i) + rot[:, 1:] @ jk + shift[:, None]
+        idx = np.floor(coords + 0.5).astype(np.int64)
+        inside = ((idx >= 0) & (idx < src_shape)).all(axis=0)
+        plane = np.full(ny * nz, fill, dtype=np.int32)
+        plane[inside] = labels[idx[0, inside], idx[1, inside], idx[2, inside]]
+        out[i] = plane.reshape(ny, nz)
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] if text else type(exc).__name__

@@ -1,0 +1,45 @@
+"""Publishing a finished attempt: ``timing.json`` first, ``manifest.json`` last and conditional.
+
+Every attempt writes below its own ``{job}/{attempt}/`` prefix, so two deliveries of one job
+(a redelivery after a visibility timeout, a consumer that was presumed dead) never write the
+same object. Exactly one manifest can be created per job; the attempt that loses the race
+deletes its own files, and any leftovers are orphans that no manifest names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from shared.jobspec import JobSpec
+from shared.manifest import MANIFEST, Manifest
+from shared.store import ObjectInfo, ObjectStore
+
+
+@dataclass(frozen=True)
+class Publication:
+    manifest: Manifest
+    manifest_uri: str
+    committed: bool  # False: another attempt committed first and its manifest stands
+
+
+def publish(
+    results: ObjectStore,
+    spec: JobSpec,
+    attempt: str,
+    files: list[ObjectInfo],
+    summary: dict[str, Any],
+    timing: dict[str, Any],
+) -> Publication:
+    job = results.child(spec.result_prefix)
+    timing_info = job.put_bytes(
+        f"{attempt}/timing.json", json.dumps(timing, indent=2, sort_keys=True).encode()
+    )
+    listed = [ObjectInfo(f"{attempt}/{f.key}", f.bytes, f.sha256) for f in files]
+    manifest = Manifest.for_job(spec, attempt, [*listed, timing_info], summary)
+    if job.put_if_absent(MANIFEST, manifest.to_bytes()):
+        return Publication(manifest, job.uri_for(MANIFEST), True)
+    job.delete_prefix(attempt)
+    winner = Manifest.model_validate_json(job.get_bytes(MANIFEST))
+    return Publication(winner, job.uri_for(MANIFEST), False)

@@ -1,0 +1,91 @@
+"""Running one job, with no Celery in sight: skip if committed, load, acquire, run, publish.
+
+``consumers.tasks`` wraps this in a Celery task and decides about retries and job state; the
+same call runs a job from a test or a notebook.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cluster
+from consumers.pipelines import get_pipeline
+from consumers.pipelines.base import PipelineContext
+from consumers.publish import publish
+from shared.jobspec import JobSpec
+from shared.manifest import MANIFEST, read_manifest
+from shared.settings import Settings
+from shared.store import open_store
+from shared.timing import StageTimer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    state: str  # "done" (this run committed) or "skipped" (a manifest with this key existed)
+    manifest_uri: str
+    timing: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def execute(
+    spec: JobSpec,
+    settings: Settings,
+    *,
+    check: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Run ``spec`` to a committed manifest; raises the error tree's classes on failure."""
+    started = time.time()
+    results = open_store(spec.results_uri, settings)
+    job_store = results.child(spec.result_prefix)
+    existing = read_manifest(results, spec.result_prefix)
+    if existing is not None:
+        log.info("job %s already committed as %s", spec.job_id, existing.job_id)
+        return Outcome("skipped", job_store.uri_for(MANIFEST), summary=existing.summary)
+
+    timer = StageTimer(deadline=started + settings.job_time_limit_s, check=check)
+    timer.record("queue_wait", started - spec.submitted_at)
+    attempt = uuid.uuid4().hex[:12]
+    pipeline = get_pipeline(spec.pipeline)
+    cluster_spec = spec.cluster or settings.default_cluster
+    with tempfile.TemporaryDirectory(prefix="voxfleet-") as scratch:
+        ctx = PipelineContext(
+            spec=spec,
+            inputs=open_store(spec.input_uri, settings),
+            out=job_store.child(attempt),
+            timer=timer,
+            settings=settings,
+            workdir=Path(scratch),
+        )
+        loaded = pipeline.load(ctx)
+        timer.boundary("cluster")
+        with cluster.acquire(cluster_spec, settings, timer) as client:
+            result = pipeline.run(ctx, loaded, client)
+
+    timer.boundary("publish")
+    timer.extra.update(
+        job_id=spec.job_id,
+        job_key=spec.key,
+        pipeline=spec.pipeline,
+        subject=spec.subject,
+        attempt=attempt,
+        cluster_spec=cluster_spec,
+    )
+    t0 = time.perf_counter()
+    timing = timer.as_dict()
+    # timing.json cannot contain the time it takes to write itself and the manifest; that
+    # remainder is in the job record's final timing instead.
+    publication = publish(results, spec, attempt, result.files, result.summary, timing)
+    timer.record("publish", time.perf_counter() - t0)
+    if not publication.committed:
+        log.warning("job %s lost the commit race; kept the existing manifest", spec.job_id)
+        return Outcome("skipped", publication.manifest_uri, timer.as_dict(), result.summary)
+    return Outcome("done", publication.manifest_uri, timer.as_dict(), result.summary)

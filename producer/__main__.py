@@ -1,0 +1,3 @@
+from producer.cli import app
+
+app(prog_name="voxfleet")

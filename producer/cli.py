@@ -1,0 +1,226 @@
+"""The ``voxfleet`` command line (Typer). Everything a user types starts here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.errors import VoxfleetError
+from shared.jobspec import PIPELINE_PARAMS, JobSpec, describe
+from shared.settings import get_settings, use_settings
+
+app = typer.Typer(
+    name="voxfleet",
+    help="Batch volumetric science over Redis, Celery and Dask: enqueue jobs, run consumers, "
+    "read results from S3. Start with `voxfleet demo`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+synth_app = typer.Typer(
+    help="Generate synthetic inputs (HCP-layout subjects).", no_args_is_help=True
+)
+app.add_typer(synth_app, name="synth")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(func: F) -> F:
+    """Our own errors become one red line and exit code 2, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except VoxfleetError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="Where inputs, results and logs go.")] = Path(
+        "voxfleet-demo"
+    ),
+    subjects: Annotated[int, typer.Option(min=1, max=8, help="Synthetic subjects to run.")] = 2,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Dask workers per job.")] = 2,
+) -> None:
+    """Run everything on this machine: a private Redis-protocol server, one consumer, a local
+    Dask cluster; two synthetic subjects through the `dti` pipeline; results in ./voxfleet-demo."""
+    from producer.demo import run_demo
+
+    raise typer.Exit(run_demo(out, subjects=subjects, workers=workers, console=console))
+
+
+@app.command()
+@friendly
+def worker(
+    queue: Annotated[str | None, typer.Option(help="Queue to consume (default: settings).")] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Cluster for jobs that name none: local, local:N, tcp://host:8786."),
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    hostname: Annotated[str | None, typer.Option(help="Consumer name (default unique).")] = None,
+) -> None:
+    """Run one consumer: a Celery worker with the solo pool, one job at a time."""
+    settings = get_settings()
+    updates: dict[str, Any] = {}
+    if queue:
+        updates["queue"] = queue
+    if cluster:
+        from cluster import backend_for
+
+        backend_for(cluster, settings)  # validate before connecting to anything
+        updates["default_cluster"] = cluster
+    use_settings(settings.model_copy(update=updates))
+    from consumers.app import app as celery_app
+
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            f"--queues={updates.get('queue', settings.queue)}",
+            "--prefetch-multiplier=1",
+            "--task-events",
+            f"--loglevel={loglevel}",
+            # Gossip and mingle cost every consumer O(fleet) chatter and buy us nothing.
+            "--without-gossip",
+            "--without-mingle",
+            f"--hostname={hostname or f'voxfleet-{os.getpid()}@%h'}",
+        ]
+    )
+
+
+@synth_app.command("hcp")
+@friendly
+def synth_hcp(
+    uri: Annotated[str, typer.Argument(help="Where to write: a path or s3://bucket/prefix.")],
+    subjects: Annotated[int, typer.Option(min=1, max=100_000, help="How many subjects.")] = 1,
+    size: Annotated[
+        str, typer.Option(help="small | medium | hcp (real 145x174x145x288).")
+    ] = "small",
+    seed: Annotated[int, typer.Option(help="Random seed; subject i uses seed + i.")] = 0,
+) -> None:
+    """Write synthetic subjects in the HCP layout (DWI, bvals, bvecs, mask, aparc+aseg)."""
+    from rich.progress import Progress
+
+    from producer.synth.hcp import write_subjects
+    from shared.store import open_store
+
+    store = open_store(uri, get_settings())
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"writing {subjects} {size} subject(s)", total=subjects)
+        ids = write_subjects(
+            store,
+            subjects,
+            size=size,
+            seed=seed,
+            progress=lambda n: progress.update(task, advance=n),
+        )
+    console.print(
+        f"wrote {len(ids)} subject(s) to {store.uri}: {', '.join(ids[:5])}"
+        + (" ..." if len(ids) > 5 else "")
+    )
+
+
+@app.command()
+@friendly
+def enqueue(
+    pipeline: Annotated[str, typer.Argument(help=f"One of: {', '.join(PIPELINE_PARAMS)}.")],
+    input_uri: Annotated[str, typer.Argument(help="Subject or volume: a path or s3:// URI.")],
+    results: Annotated[str, typer.Option("--results", help="Results root (path or s3://).")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Pipeline parameter NAME=VALUE; repeat.")
+    ] = None,
+    cluster: Annotated[str | None, typer.Option(help="Cluster spec for this job.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Queue (default: settings).")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the job and show its state.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Enqueue one job. The job is validated here, before anything reaches the queue."""
+    from pydantic import ValidationError
+
+    from producer.jobs import parse_params, submit, wait_for
+
+    settings = get_settings()
+    try:
+        spec = JobSpec(
+            pipeline=pipeline,  # type: ignore[arg-type]  # validated by pydantic
+            input_uri=input_uri,
+            results_uri=results,
+            params=parse_params(param or []),
+            cluster=cluster,
+        )
+    except ValidationError as exc:
+        err_console.print(f"[red]error:[/red] invalid job: {describe(exc)}", highlight=False)
+        raise typer.Exit(2) from None
+    submit([spec], settings, queue=queue)
+    if not wait:
+        if as_json:
+            print(json.dumps({"job_id": spec.job_id, "job_key": spec.key, "state": "queued"}))
+        else:
+            console.print(f"queued {spec.pipeline} job [bold]{spec.job_id}[/bold] ({spec.subject})")
+        return
+    with console.status(f"waiting for {spec.job_id} ..."):
+        records = wait_for([spec.job_id], settings)
+    _show_status(spec.job_id, records[spec.job_id], as_json)
+    raise typer.Exit(0 if records[spec.job_id]["state"] == "done" else 1)
+
+
+@app.command()
+@friendly
+def status(
+    job: Annotated[str, typer.Argument(help="Job id (printed by enqueue).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """One job: state, reason, attempts, result and per-stage timings."""
+    from producer.jobs import ledger_for
+
+    record = ledger_for(get_settings()).get(job)
+    if record is None:
+        err_console.print(f"[red]error:[/red] no job {job!r} in this broker")
+        raise typer.Exit(2)
+    _show_status(job, record, as_json)
+
+
+def _show_status(job_id: str, record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"job_id": job_id, **{k: v for k, v in record.items() if k != "spec"}}))
+        return
+    colour = {"done": "green", "failed": "red"}.get(record.get("state", ""), "yellow")
+    console.print(
+        f"job {job_id}: [{colour}]{record.get('state')}[/{colour}]"
+        + (f" - {record['reason']}" if record.get("reason") else ""),
+        highlight=False,
+    )
+    for name in ("pipeline", "subject", "attempts", "consumer", "result"):
+        if record.get(name):
+            console.print(f"  {name}: {record[name]}", highlight=False)
+    timing = record.get("timing") or {}
+    stages = timing.get("stages_s") or {}
+    if stages:
+        table = Table("stage", "seconds", title=f"timings (wall {timing.get('wall_s', 0):.2f} s)")
+        for name, seconds in stages.items():
+            table.add_row(name, f"{seconds:.2f}")
+        console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m producer`
+    app(prog_name="voxfleet")
+    sys.exit(0)

