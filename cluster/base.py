@@ -28,7 +28,7 @@ class ClusterBackend(ABC):
     def _start(self) -> Client:
         """Create or connect to the cluster and return a client to it."""
 
-    def _stop(self) -> None:
+    def _stop(self) -> None:  # noqa: B027 - optional hook; backends that own nothing skip it
         """Shut down what ``_start`` created; the base closes the client."""
 
     def start(self) -> Client:

@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery
 from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed
 
 from shared.settings import Settings, get_settings
 
@@ -76,12 +77,15 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         if isinstance(job_id, str) and job_id:
             ledger.record(job_id, "failed", reason=reason)
 
+    @staticmethod
+    def _undecodable(message: Any, exc: Exception) -> str:
+        kind = message.content_type
+        if isinstance(exc, ContentDisallowed):
+            return f"rejected message: content type {kind!r} is not accepted (JSON only)"
+        return f"rejected message: body does not decode as {kind!r} ({type(exc).__name__})"
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._dead_letter(
-            message,
-            f"rejected message: content type {message.content_type!r} is not accepted "
-            f"or the body does not decode ({type(exc).__name__})",
-        )
+        self._dead_letter(message, self._undecodable(message, exc))
         super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
@@ -94,7 +98,12 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, f"rejected message: invalid task message ({exc})")
+        reason = (
+            self._undecodable(message, exc)
+            if isinstance(exc, ContentDisallowed)
+            else f"rejected message: invalid task message ({exc})"
+        )
+        self._dead_letter(message, reason)
         super().on_invalid_task(body, message, exc)
 
 

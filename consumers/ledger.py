@@ -38,7 +38,7 @@ class Ledger:
     def record(self, job_id: str, state: str, **fields: Any) -> None:
         if state not in STATES:
             raise ValueError(f"unknown job state {state!r}")
-        mapping: dict[str, str] = {"state": state, "updated_at": repr(time.time())}
+        mapping: dict[Any, Any] = {"state": state, "updated_at": repr(time.time())}
         for name, value in fields.items():
             if value is None:
                 continue
@@ -55,7 +55,7 @@ class Ledger:
         pipe.execute()
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(JOB_PREFIX + job_id)
+        raw: dict[Any, Any] = self.redis.hgetall(JOB_PREFIX + job_id)
         if not raw:
             return None
         record: dict[str, Any] = dict(raw)

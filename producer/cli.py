@@ -31,7 +31,7 @@ synth_app = typer.Typer(
 app.add_typer(synth_app, name="synth")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one error, one line, even in a pipe
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -161,7 +161,7 @@ def enqueue(
     settings = get_settings()
     try:
         spec = JobSpec(
-            pipeline=pipeline,  # type: ignore[arg-type]  # validated by pydantic
+            pipeline=pipeline,  # validated by pydantic
             input_uri=input_uri,
             results_uri=results,
             params=parse_params(param or []),

@@ -59,7 +59,7 @@ def run_demo(out: Path, *, subjects: int, workers: int, console: Console) -> int
     console.print(f"[bold]voxfleet demo[/bold] -> {out}")
     with EmbeddedRedis(out / "redis") as server:
         console.print(f"  broker: private Redis-protocol server at 127.0.0.1:{server.port}")
-        settings = Settings(broker_url=server.url, default_cluster=f"local:{workers}")  # type: ignore[arg-type]
+        settings = Settings(broker_url=server.url, default_cluster=f"local:{workers}")
         env = {
             **os.environ,
             "VOXFLEET_BROKER_URL": server.url,

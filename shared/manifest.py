@@ -59,4 +59,6 @@ def read_manifest(store: ObjectStore, prefix: str) -> Manifest | None:
     try:
         return Manifest.model_validate_json(store.get_bytes(key))
     except ValidationError as exc:
-        raise InvalidInput(f"corrupt manifest at {store.uri_for(key)}: {exc.error_count()} errors")
+        raise InvalidInput(
+            f"corrupt manifest at {store.uri_for(key)}: {exc.error_count()} errors"
+        ) from None

@@ -16,7 +16,7 @@ from shared.settings import Settings
 # Credentials for the S3 test server only; set before any boto3 client exists.
 os.environ.update(
     AWS_ACCESS_KEY_ID="voxfleet-test-key",
-    AWS_SECRET_ACCESS_KEY="voxfleet-test-secret",  # noqa: S105 - the test server's, not real
+    AWS_SECRET_ACCESS_KEY="voxfleet-test-secret",
     AWS_DEFAULT_REGION="us-east-1",
 )
 

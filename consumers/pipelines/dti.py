@@ -63,7 +63,7 @@ def fit_chunk(
     from distributed import get_worker
 
     t0 = time.perf_counter()
-    model = TensorModel(gtab, fit_method=fit_method)  # type: ignore[no-untyped-call]
+    model = TensorModel(gtab, fit_method=fit_method)
     fit = model.fit(chunk)
     fa, md = np.asarray(fit.fa), np.asarray(fit.md)
     elapsed = time.perf_counter() - t0
@@ -126,7 +126,7 @@ def fit_tensor(
 def _write_nifti(
     ctx: PipelineContext, key: str, volume: NDArray[np.float32], subject: Subject
 ) -> ObjectInfo:
-    img: Any = nib.Nifti1Image(volume, subject.affine)  # type: ignore[no-untyped-call]
+    img: Any = nib.Nifti1Image(volume, subject.affine)
     # Keep the input's space labels (scanner / aligned / MNI...), not nibabel's defaults.
     qform_code, sform_code = subject.xform_codes
     img.set_qform(subject.affine, code=qform_code)

@@ -42,6 +42,8 @@ _NIFTI_ERRORS = (
     ImageFileError,
     HeaderDataError,
 )
+# Gradient directions of diffusion-weighted volumes must be unit vectors (dipy's tolerance).
+_UNIT_ATOL = 0.01
 # Mask and label volumes may share the DWI grid only up to rounding in the stored affine.
 _AFFINE_ATOL = 1e-3
 
@@ -92,7 +94,8 @@ def _open_nifti(path: Path, key: str) -> Any:
     try:
         img = nib.load(path)
     except _NIFTI_ERRORS as exc:
-        raise InvalidInput(f"{key} is not a readable NIfTI file ({_one_line(exc)})") from None
+        reason = _one_line(exc, path, key)
+        raise InvalidInput(f"{key} is not a readable NIfTI file ({reason})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InvalidInput(f"{key} is a {type(img).__name__}, expected NIfTI")
     return img
@@ -103,21 +106,37 @@ def _read_voxels(img: Any, path: Path, key: str, dtype: Any) -> NDArray[Any]:
         arr = np.asarray(img.get_fdata(dtype=dtype) if dtype is not None else img.dataobj)
     except _NIFTI_ERRORS as exc:
         raise InvalidInput(
-            f"{key} is corrupt or truncated ({type(exc).__name__}: {_one_line(exc)})"
+            f"{key} is corrupt or truncated ({type(exc).__name__}: {_one_line(exc, path, key)})"
         ) from None
     # The array is in memory now; the scratch copy only costs disk (1+ GB for an HCP DWI).
     path.unlink(missing_ok=True)
     return arr
 
 
-def _check_spatial(shape: tuple[int, ...], key: str, settings: Settings) -> None:
-    if any(int(n) < 1 for n in shape[:3]):
-        raise InvalidInput(f"{key} has an empty dimension: shape {tuple(shape)}")
+def _open_checked(
+    inputs: ObjectStore, key: str, workdir: Path, settings: Settings, rank: int
+) -> tuple[Any, Path, tuple[int, ...]]:
+    """Fetch and open a NIfTI and check its header (rank, size limits); no voxels read yet."""
+    path = _fetch(inputs, key, workdir, settings)
+    img = _open_nifti(path, key)
+    shape = tuple(int(n) for n in img.shape)
+    if rank == 3 and len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]  # some tools write masks and labels as (x, y, z, 1)
+    if len(shape) != rank:
+        what = "(x, y, z, volumes)" if rank == 4 else "(x, y, z)"
+        raise InvalidInput(f"{key} must be {rank}D {what}, got {len(shape)}D {shape}")
+    if min(shape) < 1:
+        raise InvalidInput(f"{key} has an empty dimension: shape {shape}")
     n_vox = int(np.prod(shape[:3], dtype=np.int64))
     if n_vox > settings.max_voxels:
         raise InvalidInput(
-            f"{key} has {n_vox} voxels {tuple(shape[:3])}, above the limit of {settings.max_voxels}"
+            f"{key} has {n_vox} voxels {shape[:3]}, above the limit of {settings.max_voxels}"
         )
+    if rank == 4 and shape[3] > settings.max_volumes:
+        raise InvalidInput(
+            f"{key} has {shape[3]} volumes, above the limit of {settings.max_volumes}"
+        )
+    return img, path, shape
 
 
 def _read_text(inputs: ObjectStore, key: str, settings: Settings) -> str:
@@ -131,24 +150,26 @@ def _read_text(inputs: ObjectStore, key: str, settings: Settings) -> str:
         raise InvalidInput(f"{key} is not a plain-text gradient table") from None
 
 
-def _parse_table(text: str, key: str) -> NDArray[np.float64]:
+def _parse_table(text: str, key: str, *, allow_nonfinite: bool = False) -> NDArray[np.float64]:
     try:
         table = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
     except ValueError as exc:
         raise InvalidInput(f"{key} is not a table of numbers ({_one_line(exc)})") from None
     if table.size == 0:
         raise InvalidInput(f"{key} is empty")
-    if not np.isfinite(table).all():
+    if not allow_nonfinite and not np.isfinite(table).all():
         raise InvalidInput(f"{key} contains NaN or infinite values")
     return table
 
 
 def read_gradients(
-    bvals_text: str, bvecs_text: str, n_volumes: int
+    bvals_text: str, bvecs_text: str, n_volumes: int, b0_threshold: float
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """bvals (N,) and bvecs (N, 3) from FSL-style text, checked against the DWI's volume count.
 
     bvecs may be 3xN (HCP, FSL) or Nx3 (some exporters); 3xN wins when both fit (N == 3).
+    A NaN direction is tolerated (as zero) only for a b0 volume, which has no direction:
+    some exporters write one there, dipy's own ``small_64D`` sample among them.
     """
     bvals_table = _parse_table(bvals_text, BVALS_KEY)
     if min(bvals_table.shape) != 1:
@@ -161,7 +182,7 @@ def read_gradients(
     if (bvals < 0).any():
         raise InvalidInput(f"{BVALS_KEY} contains negative b-values")
 
-    table = _parse_table(bvecs_text, BVECS_KEY)
+    table = _parse_table(bvecs_text, BVECS_KEY, allow_nonfinite=True)
     if table.shape[0] == 3 and table.shape[1] == n_volumes:
         bvecs = table.T
     elif table.shape[1] == 3 and table.shape[0] == n_volumes:
@@ -175,7 +196,26 @@ def read_gradients(
         raise InvalidInput(
             f"{BVECS_KEY} must be 3xN (or Nx3), got {table.shape[0]}x{table.shape[1]}"
         )
-    return bvals, np.ascontiguousarray(bvecs)
+    bvecs = np.array(bvecs, dtype=np.float64)  # a copy: the b0 rows may be rewritten
+    bad = ~np.isfinite(bvecs).all(axis=1)
+    weighted = bvals > b0_threshold
+    if (bad & weighted).any():
+        first = int(np.flatnonzero(bad & weighted)[0])
+        raise InvalidInput(
+            f"{BVECS_KEY} contains NaN or infinite values for {int((bad & weighted).sum())} "
+            f"diffusion-weighted volume(s), the first being volume {first} (b={bvals[first]:g})"
+        )
+    bvecs[bad] = 0.0
+    # dipy's own check, with its tolerance, but naming the offending volume.
+    lengths = np.linalg.norm(bvecs, axis=1)
+    off = weighted & (np.abs(lengths - 1.0) > _UNIT_ATOL)
+    if off.any():
+        first = int(np.flatnonzero(off)[0])
+        raise InvalidInput(
+            f"{BVECS_KEY}: the direction of volume {first} (b={bvals[first]:g}) has length "
+            f"{lengths[first]:.3g}, not 1 ({int(off.sum())} such volume(s))"
+        )
+    return bvals, bvecs
 
 
 def gradient_table_for(
@@ -187,7 +227,9 @@ def gradient_table_for(
     try:
         gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
     except ValueError as exc:
-        raise InvalidInput(f"{BVECS_KEY}/{BVALS_KEY} rejected: {_one_line(exc)}") from None
+        raise InvalidInput(
+            f"dipy rejected the gradient table ({BVALS_KEY}, {BVECS_KEY}): {_one_line(exc)}"
+        ) from None
     if not gtab.b0s_mask.any():
         raise InvalidInput(
             f"{BVALS_KEY} has no b0 volume (none <= b0_threshold {b0_threshold:g}); "
@@ -205,27 +247,14 @@ def load_subject(
     bvecs_text = _read_text(inputs, BVECS_KEY, settings)
     _require(inputs, MASK_KEY)
 
-    dwi_path = _fetch(inputs, DWI_KEY, workdir, settings)
-    img = _open_nifti(dwi_path, DWI_KEY)
-    shape = tuple(int(n) for n in img.shape)
-    if len(shape) != 4:
-        raise InvalidInput(f"{DWI_KEY} must be 4D (x, y, z, volumes), got {len(shape)}D {shape}")
-    _check_spatial(shape, DWI_KEY, settings)
-    if shape[3] > settings.max_volumes:
-        raise InvalidInput(
-            f"{DWI_KEY} has {shape[3]} volumes, above the limit of {settings.max_volumes}"
-        )
-    bvals, bvecs = read_gradients(bvals_text, bvecs_text, shape[3])
+    img, dwi_path, shape = _open_checked(inputs, DWI_KEY, workdir, settings, rank=4)
+    bvals, bvecs = read_gradients(bvals_text, bvecs_text, shape[3], b0_threshold)
     gtab = gradient_table_for(bvals, bvecs, b0_threshold)
     affine = np.asarray(img.affine, dtype=np.float64)
     zx, zy, zz = (float(z) for z in img.header.get_zooms()[:3])
     xform_codes = (int(img.header["qform_code"]), int(img.header["sform_code"]))
 
-    mask_path = _fetch(inputs, MASK_KEY, workdir, settings)
-    mask_img = _open_nifti(mask_path, MASK_KEY)
-    mask_shape = tuple(int(n) for n in mask_img.shape)
-    if len(mask_shape) == 4 and mask_shape[3] == 1:
-        mask_shape = mask_shape[:3]  # some tools write masks as (x, y, z, 1)
+    mask_img, mask_path, mask_shape = _open_checked(inputs, MASK_KEY, workdir, settings, rank=3)
     if mask_shape != shape[:3]:
         raise InvalidInput(
             f"{MASK_KEY} has shape {mask_shape} but {DWI_KEY} volumes are {shape[:3]}"
@@ -241,11 +270,12 @@ def load_subject(
     # Scanner or reconstruction glitches leave isolated NaN/inf samples in otherwise good data.
     # Zero is below dipy's minimum signal and gets clipped like any dropout, so the affected
     # voxels still fit; failing the whole subject would be harsher. The count is reported.
-    finite = np.isfinite(data)
-    nonfinite = int(finite.size - np.count_nonzero(finite))
-    if nonfinite:
-        data[~finite] = 0.0
-    del finite
+    nonfinite = 0
+    for v in range(shape[3]):  # one volume at a time: a whole-array mask is 1 GB for HCP
+        bad = ~np.isfinite(data[..., v])
+        if bad.any():
+            nonfinite += int(np.count_nonzero(bad))
+            data[..., v][bad] = 0.0
     return Subject(
         data=data,
         affine=affine,
@@ -262,14 +292,7 @@ def load_aparc(
     inputs: ObjectStore, workdir: Path, settings: Settings, key: str = APARC_KEY
 ) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
     """The FreeSurfer label volume (``T1w/aparc+aseg.nii.gz``) as int32, and its affine."""
-    path = _fetch(inputs, key, workdir, settings)
-    img = _open_nifti(path, key)
-    shape = tuple(int(n) for n in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise InvalidInput(f"{key} must be a 3D label volume, got shape {shape}")
-    _check_spatial(shape, key, settings)
+    img, path, shape = _open_checked(inputs, key, workdir, settings, rank=3)
     affine = np.asarray(img.affine, dtype=np.float64)
     raw = _read_voxels(img, path, key, None).reshape(shape)
     if raw.dtype.kind == "f":
@@ -322,6 +345,8 @@ def resample_labels_nearest(
     return out
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, path: Path | None = None, key: str = "") -> str:
     text = " ".join(str(exc).split())
+    if path is not None:
+        text = text.replace(str(path), key)  # our scratch path means nothing to the user
     return text[:200] if text else type(exc).__name__

@@ -23,12 +23,12 @@ def to_ras(
     volume: NDArray[Any], affine: NDArray[np.floating[Any]]
 ) -> tuple[NDArray[Any], tuple[float, float, float]]:
     """The volume with voxel axes flipped/permuted to the nearest RAS+ order, and its zooms."""
-    ornt = io_orientation(affine)  # type: ignore[no-untyped-call]
+    ornt = io_orientation(affine)
     zooms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
     ras_zooms = np.empty(3)
     ras_zooms[ornt[:, 0].astype(int)] = zooms
     zx, zy, zz = (float(z) for z in ras_zooms)
-    oriented: NDArray[Any] = apply_orientation(volume, ornt)  # type: ignore[no-untyped-call]
+    oriented: NDArray[Any] = apply_orientation(volume, ornt)
     return oriented, (zx, zy, zz)
 
 

@@ -35,7 +35,12 @@ def test_states_attempts_and_json_fields(ledger: Ledger) -> None:
 def test_dead_letters_keep_the_raw_body(ledger: Ledger) -> None:
     ledger.dead_letter("j1", "bad thing\nwith a traceback", "\x80\x04pickled")
     last = ledger.dead_letters(1)[0]
-    assert last == {"job_id": "j1", "reason": "bad thing", "body": "\x80\x04pickled", "at": last["at"]}
+    assert last == {
+        "job_id": "j1",
+        "reason": "bad thing",
+        "body": "\x80\x04pickled",
+        "at": last["at"],
+    }
 
 
 def test_one_line() -> None:

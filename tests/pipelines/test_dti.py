@@ -20,9 +20,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TOLERANCE = 1e-6
 
 
-@pytest.mark.parametrize(
-    ("chunks", "fit_method"), [(None, "WLS"), (7, "WLS"), (3, "OLS")], ids=str
-)
+@pytest.mark.parametrize(("chunks", "fit_method"), [(None, "WLS"), (7, "WLS"), (3, "OLS")], ids=str)
 def test_chunked_fit_equals_serial_fit(
     hcp_subject: Callable[..., Path],
     make_ctx: Callable[..., PipelineContext],

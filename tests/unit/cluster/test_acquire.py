@@ -23,9 +23,10 @@ def test_local_cluster_is_torn_down_on_success_and_on_error() -> None:
     assert info["backend"] == "local" and info["workers"] == 2 and info["threads"] == 2
     assert timer.stages["cluster_acquire"] > 0 and "cluster_release" in timer.stages
 
-    with pytest.raises(RuntimeError, match="pipeline broke"), cluster.acquire(
-        "local:1", settings
-    ) as client:
+    with (
+        pytest.raises(RuntimeError, match="pipeline broke"),
+        cluster.acquire("local:1", settings) as client,
+    ):
         scheduler = client.scheduler.address
         raise RuntimeError("pipeline broke")
     assert client.status == "closed"

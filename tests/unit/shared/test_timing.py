@@ -27,7 +27,10 @@ def test_stage_time_recorded_even_when_it_raises() -> None:
 
 
 def test_deadline_and_check_stop_at_a_boundary() -> None:
-    with pytest.raises(TimeLimitExceeded, match="csd"), StageTimer(deadline=time.time() - 1).stage("csd"):
+    with (
+        pytest.raises(TimeLimitExceeded, match="csd"),
+        StageTimer(deadline=time.time() - 1).stage("csd"),
+    ):
         pass
 
     def cancelled(stage: str) -> None:
