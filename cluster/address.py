@@ -18,4 +18,4 @@ class AddressBackend(ClusterBackend):
         self.address = address
 
     def _start(self) -> Client:
-        return Client(self.address, timeout="30s")
+        return Client(self.address, timeout=self.settings.scheduler_connect_timeout_s)

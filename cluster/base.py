@@ -50,7 +50,7 @@ class ClusterBackend(ABC):
     def describe(self) -> dict[str, Any]:
         """What timing.json records about the cluster; collected while it is still up."""
         info: dict[str, Any] = {"backend": self.name, "acquire_s": round(self.acquire_s, 6)}
-        if self.client is not None:
+        if self.client is not None and self.client.status == "running":
             workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
             info["workers"] = len(workers)
             info["threads"] = sum(w.get("nthreads", 0) for w in workers.values())

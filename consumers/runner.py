@@ -65,10 +65,15 @@ def execute(
             settings=settings,
             workdir=Path(scratch),
         )
-        loaded = pipeline.load(ctx)
-        timer.boundary("cluster")
-        with cluster.acquire(cluster_spec, settings, timer) as client:
-            result = pipeline.run(ctx, loaded, client)
+        # The cluster starts while the inputs download and validate. A bad input then costs a
+        # cluster start that is torn down at once; that is cheap locally, and the price of not
+        # adding the start-up to every good job.
+        with cluster.starting(
+            cluster_spec, settings, timer, warm_modules=pipeline.worker_modules
+        ) as pending:
+            loaded = pipeline.load(ctx)
+            timer.boundary("cluster")
+            result = pipeline.run(ctx, loaded, pending.client())
 
     timer.boundary("publish")
     timer.extra.update(

@@ -1,3 +1,4 @@
 from producer.cli import app
 
-app(prog_name="voxfleet")
+if __name__ == "__main__":  # spawned Dask workers import __main__ too
+    app(prog_name="voxfleet")

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     local_memory_limit: str = Field(
         default="auto", description="Per-worker memory limit of a local cluster (Dask syntax)."
     )
+    scheduler_connect_timeout_s: float = Field(
+        default=30.0, gt=0, description="Connecting to an existing scheduler; then retried."
+    )
     dashboard: bool = Field(
         default=False,
         description="Serve the Dask dashboard (off: a fleet does not need 1000 ports).",

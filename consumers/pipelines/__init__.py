@@ -6,7 +6,11 @@ from consumers.pipelines import dti
 from consumers.pipelines.base import Pipeline
 from shared.errors import InvalidInput
 
-PIPELINES: dict[str, Pipeline] = {"dti": Pipeline(load=dti.load, run=dti.run)}
+PIPELINES: dict[str, Pipeline] = {
+    "dti": Pipeline(
+        load=dti.load, run=dti.run, worker_modules=("consumers.pipelines.dti", "dipy.reconst.dti")
+    ),
+}
 
 
 def get_pipeline(name: str) -> Pipeline:

@@ -1,8 +1,7 @@
 """What every pipeline is: two plain functions, no Celery.
 
 ``load(ctx)`` reads and validates the inputs from ``ctx.inputs`` (raising ``InvalidInput`` with a
-one-line reason for anything wrong) *before* a cluster is acquired, so bad input costs no
-cluster. ``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client`` and
+one-line reason for anything wrong) while the cluster is still starting, and needs no cluster. ``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client`` and
 writes outputs to ``ctx.out`` (the attempt's prefix), returning what it wrote. The consumer
 then publishes ``timing.json`` and the manifest. The same two calls run from a notebook or test.
 """
@@ -39,3 +38,5 @@ class PipelineResult:
 class Pipeline(NamedTuple):
     load: Callable[[PipelineContext], Any]
     run: Callable[[PipelineContext, Any, Any], PipelineResult]
+    #: Imported on every Dask worker while the cluster starts, off the job's critical path.
+    worker_modules: tuple[str, ...] = ()

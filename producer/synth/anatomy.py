@@ -182,7 +182,7 @@ class Anatomy:
         ell = _ellipsoid(u, v, w, self.axes)
         # The fissure separates the hemispheres above the callosum, and fully at the poles.
         in_cc_y = (v > _CC_Y[0]) & (v < _CC_Y[1])
-        floor = np.where(in_cc_y, _cc_centre(np.zeros_like(v), v) + _CC_HALF_THICK, -20.0)
+        floor = np.where(in_cc_y, _cc_centre(np.zeros_like(v), v) + _CC_HALF_THICK, -np.inf)
         eff = np.where(w > floor, np.minimum(ell, au + 1.5), ell)
         cc = np.minimum.reduce(
             [

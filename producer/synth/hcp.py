@@ -13,7 +13,7 @@ multi-tensor model with isotropic grey-matter and CSF compartments and Rician no
 
 Memory: the 4D series is made one volume at a time. NIfTI stores x fastest and volumes
 slowest, so each volume is a contiguous run of the file: ``write_subject`` streams volumes into
-gzip and never holds the series (peak ~1.5 GB for ``hcp``, whose series alone is 4.2 GB). Noise
+gzip and never holds the series (peak RSS 1.0 GB for ``hcp``, whose series is 4.2 GB). Noise
 is seeded per volume, so streamed and in-memory series are identical, bit for bit.
 
 Files are byte-for-byte reproducible: gzip members carry no name and mtime 0. The series is
@@ -266,7 +266,10 @@ class Phantom:
         real += full
         imag = rng.standard_normal(full.shape, dtype=np.float32)
         imag *= np.float32(SIGMA)
-        return np.hypot(real, imag, out=real)
+        real *= real
+        imag *= imag
+        real += imag
+        return np.sqrt(real, out=real)  # magnitude of a complex Gaussian: Rician
 
     def truth(self) -> dict[str, npt.NDArray[Any]]:
         f = self.fields
