@@ -1,9 +1,10 @@
 """What every pipeline is: two plain functions, no Celery.
 
-``load(ctx)`` reads and validates the inputs from ``ctx.inputs`` (raising ``InvalidInput`` with a
-one-line reason for anything wrong) while the cluster is still starting, and needs no cluster. ``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client`` and
-writes outputs to ``ctx.out`` (the attempt's prefix), returning what it wrote. The consumer
-then publishes ``timing.json`` and the manifest. The same two calls run from a notebook or test.
+``load(ctx)`` reads and validates the inputs from ``ctx.inputs`` (raising ``InvalidInput`` with
+a one-line reason for anything wrong); it needs no cluster, and runs while one starts.
+``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client`` and writes
+outputs to ``ctx.out`` (the attempt's prefix), returning what it wrote. The consumer then
+publishes ``timing.json`` and the manifest. The same two calls run from a notebook or a test.
 """
 
 from __future__ import annotations
