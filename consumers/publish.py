@@ -9,12 +9,24 @@ deletes its own files, and any leftovers are orphans that no manifest names.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shared.jobspec import JobSpec
 from shared.manifest import MANIFEST, Manifest
 from shared.store import ObjectInfo, ObjectStore
+
+UPLOAD_THREADS = 8  # S3 PUT latency dominates small files; a few in flight hide it
+
+
+def upload_all(out: ObjectStore, uploads: dict[str, Path]) -> list[ObjectInfo]:
+    """Upload the consumer's local outputs (maps, QC images) into the attempt's prefix."""
+    if not uploads:
+        return []
+    with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(uploads))) as pool:
+        return list(pool.map(lambda item: out.put_file(*item), uploads.items()))
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 ``load(ctx)`` reads and validates the inputs from ``ctx.inputs`` (raising ``InvalidInput`` with
 a one-line reason for anything wrong); it needs no cluster, and runs while one starts.
-``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client`` and writes
-outputs to ``ctx.out`` (the attempt's prefix), returning what it wrote. The consumer then
-publishes ``timing.json`` and the manifest. The same two calls run from a notebook or a test.
+``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client``; workers write
+large outputs straight to ``ctx.out`` (the attempt's prefix) and the pipeline returns what they
+wrote, plus the small local files (maps, QC) for the consumer to upload. The consumer's publish
+stage uploads those, then writes ``timing.json`` and, last, the manifest. The same two calls
+run from a notebook or a test.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ class PipelineContext:
 
 @dataclass
 class PipelineResult:
-    files: list[ObjectInfo]
+    #: Objects already in ``ctx.out`` (written by Dask workers straight to the store).
+    files: list[ObjectInfo] = field(default_factory=list)
+    #: Local files the consumer uploads in its ``publish`` stage: key below ``ctx.out`` -> path.
+    uploads: dict[str, Path] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
 

@@ -9,6 +9,7 @@ dependent one), so the chunked result equals a serial fit of the whole volume.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -20,7 +21,6 @@ from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.hcp import Subject, load_subject
 from shared.errors import InvalidInput
 from shared.jobspec import DtiParams
-from shared.store import ObjectInfo
 
 CHUNKS_PER_WORKER = 4  # a few per worker lets a fast worker take over a slow one's share
 # Six tensor elements plus S0: fewer diffusion-weighted volumes leave the fit underdetermined.
@@ -125,7 +125,7 @@ def fit_tensor(
 
 def _write_nifti(
     ctx: PipelineContext, key: str, volume: NDArray[np.float32], subject: Subject
-) -> ObjectInfo:
+) -> Path:
     img: Any = nib.Nifti1Image(volume, subject.affine)
     # Keep the input's space labels (scanner / aligned / MNI...), not nibabel's defaults.
     qform_code, sform_code = subject.xform_codes
@@ -135,7 +135,7 @@ def _write_nifti(
     path = ctx.workdir / "out" / key
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, path)
-    return ctx.out.put_file(key, path)
+    return path
 
 
 def _summary(
@@ -166,10 +166,10 @@ def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
     params = _params(ctx)
     with ctx.timer.stage("dti"):
         fa, md, n_chunks = fit_tensor(ctx, subject, client, params)
-    files: list[ObjectInfo] = []
+    uploads: dict[str, Path] = {}
     with ctx.timer.stage("write"):
-        files.append(_write_nifti(ctx, "fa.nii.gz", fa, subject))
-        files.append(_write_nifti(ctx, "md.nii.gz", md, subject))
+        uploads["fa.nii.gz"] = _write_nifti(ctx, "fa.nii.gz", fa, subject)
+        uploads["md.nii.gz"] = _write_nifti(ctx, "md.nii.gz", md, subject)
     if params.qc:
         with ctx.timer.stage("qc"):
             png = qc.save_mid_slices(
@@ -180,5 +180,5 @@ def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
                 vmin=0.0,
                 vmax=1.0,
             )
-            files.append(ctx.out.put_file("qc/fa.png", png))
-    return PipelineResult(files=files, summary=_summary(subject, fa, md, n_chunks))
+            uploads["qc/fa.png"] = png
+    return PipelineResult(uploads=uploads, summary=_summary(subject, fa, md, n_chunks))
