@@ -55,6 +55,5 @@ class ClusterBackend(ABC):
             info["workers"] = len(workers)
             info["threads"] = sum(w.get("nthreads", 0) for w in workers.values())
             info["memory_bytes"] = sum(w.get("memory_limit", 0) or 0 for w in workers.values())
-            if self.settings.dashboard:
-                info["dashboard"] = self.client.dashboard_link
+            info["dashboard"] = self.client.dashboard_link
         return info

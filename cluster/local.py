@@ -27,7 +27,9 @@ class LocalBackend(ClusterBackend):
             threads_per_worker=1,
             processes=True,
             memory_limit=self.settings.local_memory_limit,
-            dashboard_address=":0" if self.settings.dashboard else None,
+            # The scheduler's HTTP server (health, metrics) starts even with the dashboard off;
+            # a random port keeps many consumers on one host from fighting over 8787.
+            dashboard_address=":0",
             silence_logs=logging.WARNING,
         )
         return Client(self.cluster)

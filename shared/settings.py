@@ -51,10 +51,6 @@ class Settings(BaseSettings):
     scheduler_connect_timeout_s: float = Field(
         default=30.0, gt=0, description="Connecting to an existing scheduler; then retried."
     )
-    dashboard: bool = Field(
-        default=False,
-        description="Serve the Dask dashboard (off: a fleet does not need 1000 ports).",
-    )
 
     # Reliability. Redis redelivers an unacked message once it is older than the visibility
     # timeout (celery#5935), so it must exceed the longest job, with margin.
