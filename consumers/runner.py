@@ -7,6 +7,7 @@ same call runs a job from a test or a notebook.
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 import time
 import uuid
@@ -41,6 +42,7 @@ def execute(
     settings: Settings,
     *,
     check: Callable[[str], None] | None = None,
+    consumer: str | None = None,
 ) -> Outcome:
     """Run ``spec`` to a committed manifest; raises the error tree's classes on failure."""
     started = time.time()
@@ -86,6 +88,8 @@ def execute(
         subject=spec.subject,
         attempt=attempt,
         cluster_spec=cluster_spec,
+        consumer=consumer or socket.gethostname(),
+        finished_at=time.time(),
     )
     t0 = time.perf_counter()
     timing = timer.as_dict()

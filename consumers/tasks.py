@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import socket
 from functools import lru_cache
 from typing import Any
 
@@ -62,16 +61,17 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
         _fail(job_id, str(exc), payload)
         return "failed"
 
+    consumer = f"{self.request.hostname}"
     ledger.record(
         job_id,
         "running",
-        consumer=f"{socket.gethostname()}:{self.request.hostname}",
+        consumer=consumer,
         pipeline=spec.pipeline,
         subject=spec.subject,
         job_key=spec.key,
     )
     try:
-        outcome = execute(spec, settings)
+        outcome = execute(spec, settings, consumer=consumer)
     except TransientError as exc:
         if self.request.retries >= settings.max_retries:
             _fail(job_id, f"gave up after {self.request.retries} retries: {exc}", payload)
