@@ -10,6 +10,7 @@ from typing import Any
 
 from distributed import Client
 
+from shared.jobspec import ClusterSize
 from shared.settings import Settings
 
 
@@ -17,12 +18,25 @@ class ClusterBackend(ABC):
     name: str = "base"
     #: False for clusters voxfleet did not create (an existing scheduler): never shut them down.
     owns_cluster: bool = True
+    #: Start while the job's inputs load. False where a start costs money (a cloud cluster
+    #: started for an input that then fails validation is paid for nothing).
+    start_early: bool = True
+    #: The deployed cluster object (LocalCluster, coiled.Cluster, ...), where there is one.
+    cluster: Any = None
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        size: ClusterSize | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
+        self.size = size or ClusterSize()
+        self.labels = labels or {}  # campaign, job, pipeline: names and cost tags
         self.client: Client | None = None
         self.acquire_s = 0.0
         self.release_s = 0.0
+        self.started_at = 0.0
 
     @abstractmethod
     def _start(self) -> Client:
@@ -31,9 +45,16 @@ class ClusterBackend(ABC):
     def _stop(self) -> None:  # noqa: B027 - optional hook; backends that own nothing skip it
         """Shut down what ``_start`` created; the base closes the client."""
 
+    def identity(self) -> dict[str, Any]:
+        """Backend-specific facts for timing.json (cluster name and id, cost tags)."""
+        return {}
+
     def start(self) -> Client:
         t0 = time.perf_counter()
+        self.started_at = time.time()
         self.client = self._start()
+        if self.size.adaptive_max and self.cluster is not None:
+            self.cluster.adapt(minimum=self.size.workers or 1, maximum=self.size.adaptive_max)
         self.acquire_s = time.perf_counter() - t0
         return self.client
 
@@ -50,6 +71,7 @@ class ClusterBackend(ABC):
     def describe(self) -> dict[str, Any]:
         """What timing.json records about the cluster; collected while it is still up."""
         info: dict[str, Any] = {"backend": self.name, "acquire_s": round(self.acquire_s, 6)}
+        info.update(self.identity())
         if self.client is not None and self.client.status == "running":
             workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
             info["workers"] = len(workers)

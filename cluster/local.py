@@ -8,29 +8,43 @@ import os
 from distributed import Client, LocalCluster
 
 from cluster.base import ClusterBackend
+from shared.jobspec import ClusterSize
 from shared.settings import Settings
+
+WORKER_DEATH_TIMEOUT_S = 30
 
 
 class LocalBackend(ClusterBackend):
     name = "local"
 
-    def __init__(self, settings: Settings, n_workers: int | None = None) -> None:
-        super().__init__(settings)
-        # One single-threaded process per core: dipy and ITK hold the GIL, so threads
-        # would serialise; processes give real parallelism.
-        self.n_workers = n_workers or settings.local_workers or os.cpu_count() or 1
-        self.cluster: LocalCluster | None = None
+    def __init__(
+        self,
+        settings: Settings,
+        size: ClusterSize | None = None,
+        labels: dict[str, str] | None = None,
+        n_workers: int | None = None,
+    ) -> None:
+        super().__init__(settings, size, labels)
+        # One single-threaded process per core by default: dipy and ITK hold the GIL, so
+        # threads would serialise; processes give real parallelism. `local:N` wins over the
+        # job's size, which wins over the settings.
+        self.n_workers = (
+            n_workers or self.size.workers or settings.local_workers or os.cpu_count() or 1
+        )
 
     def _start(self) -> Client:
         self.cluster = LocalCluster(
             n_workers=self.n_workers,
-            threads_per_worker=1,
+            threads_per_worker=self.size.threads,
             processes=True,
-            memory_limit=self.settings.local_memory_limit,
+            memory_limit=self.size.memory or self.settings.local_memory_limit,
             # The scheduler's HTTP server (health, metrics) starts even with the dashboard off;
             # a random port keeps many consumers on one host from fighting over 8787.
             dashboard_address=":0",
             silence_logs=logging.WARNING,
+            # A worker whose consumer was SIGKILLed (and its scheduler with it) exits after this
+            # instead of spinning on reconnects as an orphan.
+            death_timeout=WORKER_DEATH_TIMEOUT_S,
         )
         return Client(self.cluster)
 

@@ -16,8 +16,9 @@ import redis
 JOB_PREFIX = "voxfleet:job:"
 DEAD_LETTERS = "voxfleet:dead"
 DEAD_LETTER_CAP = 100_000  # a poison flood must not grow Redis without bound
-STATES = ("queued", "running", "retrying", "done", "failed")
-FINAL_STATES = ("done", "failed")
+CAMPAIGN_PREFIX = "voxfleet:campaign:"
+STATES = ("queued", "running", "retrying", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -79,3 +80,41 @@ class Ledger:
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return [json.loads(item) for item in self.redis.lrange(DEAD_LETTERS, -limit, -1)]
+
+    # Campaigns: a record (hash), and its jobs (hash job id -> "subject key"). A campaign job
+    # has no job record until a consumer takes it: absent means queued, which keeps a 100k-job
+    # submit to one command per batch.
+
+    def campaign(self, name: str) -> dict[str, Any] | None:
+        raw: dict[Any, Any] = self.redis.hgetall(CAMPAIGN_PREFIX + name)
+        if not raw:
+            return None
+        record: dict[str, Any] = dict(raw)
+        record["params"] = json.loads(record.get("params", "{}"))
+        return record
+
+    def save_campaign(self, name: str, fields: dict[str, Any]) -> None:
+        mapping: dict[Any, Any] = {
+            k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in fields.items()
+        }
+        self.redis.hset(CAMPAIGN_PREFIX + name, mapping=mapping)
+
+    def campaign_cancelled(self, name: str) -> bool:
+        return bool(self.redis.hget(CAMPAIGN_PREFIX + name, "status") == "cancelled")
+
+    def campaign_jobs(self, name: str) -> dict[str, tuple[str, str]]:
+        """job id -> (subject, job key) for every job the campaign enqueued."""
+        raw: dict[Any, Any] = self.redis.hgetall(f"{CAMPAIGN_PREFIX}{name}:jobs")
+        return {job_id: tuple(value.split(" ", 1)) for job_id, value in raw.items()}
+
+    def states(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Job records for many jobs in one round trip per 5000 (absent -> {})."""
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(job_ids), 5000):
+            batch = job_ids[start : start + 5000]
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in batch:
+                pipe.hgetall(JOB_PREFIX + job_id)
+            for job_id, record in zip(batch, pipe.execute(), strict=True):
+                out[job_id] = record
+        return out

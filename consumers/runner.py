@@ -6,6 +6,7 @@ same call runs a job from a test or a notebook.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import tempfile
@@ -18,12 +19,12 @@ from typing import Any
 
 import cluster
 from consumers.pipelines import get_pipeline
-from consumers.pipelines.base import PipelineContext
+from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.publish import publish, upload_all
 from shared.jobspec import JobSpec
 from shared.manifest import MANIFEST, read_manifest
 from shared.settings import Settings
-from shared.store import open_store
+from shared.store import ObjectInfo, ObjectStore, open_store
 from shared.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def execute(
     *,
     check: Callable[[str], None] | None = None,
     consumer: str | None = None,
+    pool: cluster.WarmPool | None = None,
 ) -> Outcome:
     """Run ``spec`` to a committed manifest; raises the error tree's classes on failure."""
     started = time.time()
@@ -56,31 +58,16 @@ def execute(
     timer = StageTimer(deadline=started + settings.job_time_limit_s, check=check)
     timer.record("queue_wait", started - spec.submitted_at)
     attempt = uuid.uuid4().hex[:12]
-    pipeline = get_pipeline(spec.pipeline)
+    get_pipeline(spec.pipeline)  # an unknown pipeline fails before anything is written
     cluster_spec = spec.cluster or settings.default_cluster
-    with tempfile.TemporaryDirectory(prefix="voxfleet-") as scratch:
-        ctx = PipelineContext(
-            spec=spec,
-            inputs=open_store(spec.input_uri, settings),
-            out=job_store.child(attempt),
-            timer=timer,
-            settings=settings,
-            workdir=Path(scratch),
-        )
-        # The cluster starts while the inputs download and validate. A bad input then costs a
-        # cluster start that is torn down at once; that is cheap locally, and the price of not
-        # adding the start-up to every good job.
-        with cluster.starting(
-            cluster_spec, settings, timer, warm_modules=pipeline.worker_modules
-        ) as pending:
-            loaded = pipeline.load(ctx)
-            timer.boundary("cluster")
-            result = pipeline.run(ctx, loaded, pending.client())
-        # The cluster is gone; the consumer uploads its own small outputs (they live in the
-        # scratch folder, so inside this block).
-        with timer.stage("publish"):
-            uploaded = upload_all(ctx.out, result.uploads)
-
+    try:
+        result, uploaded = _compute(spec, settings, timer, job_store, attempt, cluster_spec, pool)
+    except BaseException:
+        # Whatever this attempt wrote is an orphan no manifest will name; remove it now rather
+        # than leave it for a sweep (best effort: the store may be what failed).
+        with contextlib.suppress(Exception):
+            job_store.delete_prefix(attempt)
+        raise
     timer.extra.update(
         job_id=spec.job_id,
         job_key=spec.key,
@@ -102,3 +89,53 @@ def execute(
         log.warning("job %s lost the commit race; kept the existing manifest", spec.job_id)
         return Outcome("skipped", publication.manifest_uri, timer.as_dict(), result.summary)
     return Outcome("done", publication.manifest_uri, timer.as_dict(), result.summary)
+
+
+def _compute(
+    spec: JobSpec,
+    settings: Settings,
+    timer: StageTimer,
+    job_store: ObjectStore,
+    attempt: str,
+    cluster_spec: str,
+    pool: cluster.WarmPool | None,
+) -> tuple[PipelineResult, list[ObjectInfo]]:
+    """Load, compute and upload one attempt's outputs below ``{job}/{attempt}/``."""
+    pipeline = get_pipeline(spec.pipeline)
+    with tempfile.TemporaryDirectory(prefix="voxfleet-") as scratch:
+        ctx = PipelineContext(
+            spec=spec,
+            inputs=open_store(spec.input_uri, settings),
+            out=job_store.child(attempt),
+            timer=timer,
+            settings=settings,
+            workdir=Path(scratch),
+        )
+        # The cluster starts while the inputs download and validate. A bad input then costs a
+        # cluster start that is torn down at once; that is cheap locally, and the price of not
+        # adding the start-up to every good job.
+        labels = {
+            "job_key": spec.key,
+            "job": spec.job_id,
+            "campaign": spec.campaign or "",
+            "pipeline": spec.pipeline,
+        }
+        with cluster.starting(
+            cluster_spec,
+            settings,
+            timer,
+            warm_modules=pipeline.worker_modules,
+            size=spec.resources,
+            labels=labels,
+            # Only jobs of one campaign share a kept cluster.
+            pool=pool if spec.campaign else None,
+            pool_key=spec.campaign,
+        ) as pending:
+            loaded = pipeline.load(ctx)
+            timer.boundary("cluster")
+            result = pipeline.run(ctx, loaded, pending.client())
+        # The cluster is gone; the consumer uploads its own small outputs (they live in the
+        # scratch folder, so inside this block).
+        with timer.stage("publish"):
+            uploaded = upload_all(ctx.out, result.uploads)
+    return result, uploaded

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from cluster import WarmPool
 from consumers.app import TASK_NAME, app
 from consumers.ledger import Ledger, one_line
 from consumers.runner import execute
-from shared.errors import InvalidInput, TransientError, VoxfleetError
+from shared.errors import Cancelled, InvalidInput, TransientError, VoxfleetError
 from shared.jobspec import JobSpec
 from shared.settings import get_settings
 
@@ -25,6 +27,20 @@ log = logging.getLogger(__name__)
 def ledger_for_consumer() -> Ledger:
     settings = get_settings()
     return Ledger.from_url(settings.broker_url.get_secret_value(), settings.state_ttl_s)
+
+
+@lru_cache(maxsize=1)
+def warm_pool() -> WarmPool | None:
+    """The consumer's kept cluster, when ``keep_warm`` is on (``voxfleet worker --warm``)."""
+    settings = get_settings()
+    return WarmPool(settings.warm_idle_s) if settings.keep_warm else None
+
+
+@worker_shutdown.connect
+def _release_warm_cluster(**_: Any) -> None:
+    pool = warm_pool()
+    if pool is not None:
+        pool.close()
 
 
 def backoff_s(retries: int) -> float:
@@ -40,6 +56,19 @@ def backoff_s(retries: int) -> float:
 def _warm_imports(**_: Any) -> None:
     # Import the scientific stack once per consumer, not inside the first job's timing.
     import consumers.pipelines  # noqa: F401
+
+
+def _cancel_check(ledger: Ledger, spec: JobSpec) -> Callable[[str], None] | None:
+    """Stop a job of a cancelled campaign at its next stage boundary (one HGET per stage)."""
+    if not spec.campaign:
+        return None
+    campaign = spec.campaign
+
+    def check(stage: str) -> None:
+        if ledger.campaign_cancelled(campaign):
+            raise Cancelled(f"campaign {campaign} cancelled before stage {stage}")
+
+    return check
 
 
 def _fail(job_id: str, reason: str, body: Any) -> None:
@@ -61,6 +90,14 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
         _fail(job_id, str(exc), payload)
         return "failed"
 
+    if spec.campaign and (
+        ledger.campaign_cancelled(spec.campaign)
+        or (ledger.get(job_id) or {}).get("state") == "cancelled"
+    ):
+        # Dropped, not failed: the message is acked and nothing runs.
+        ledger.record(job_id, "cancelled", reason="campaign cancelled before the job started")
+        return "cancelled"
+
     consumer = f"{self.request.hostname}"
     ledger.record(
         job_id,
@@ -71,13 +108,22 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
         job_key=spec.key,
     )
     try:
-        outcome = execute(spec, settings, consumer=consumer)
+        outcome = execute(
+            spec,
+            settings,
+            consumer=consumer,
+            check=_cancel_check(ledger, spec),
+            pool=warm_pool(),
+        )
     except TransientError as exc:
         if self.request.retries >= settings.max_retries:
             _fail(job_id, f"gave up after {self.request.retries} retries: {exc}", payload)
             return "failed"
         ledger.record(job_id, "retrying", reason=one_line(str(exc)))
         raise self.retry(countdown=backoff_s(self.request.retries), exc=exc) from exc
+    except Cancelled as exc:
+        ledger.record(job_id, "cancelled", reason=one_line(str(exc)))
+        return "cancelled"
     except VoxfleetError as exc:  # permanent: bad input, refused by S3, time limit, cancelled
         _fail(job_id, str(exc), payload)
         return "failed"

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from shared.errors import VoxfleetError
+from producer.cli_campaign import app as campaign_app
+from producer.console import console, err_console, friendly
 from shared.jobspec import PIPELINE_PARAMS, JobSpec, describe
 from shared.settings import get_settings, use_settings
 
@@ -29,24 +27,7 @@ synth_app = typer.Typer(
     help="Generate synthetic inputs (HCP-layout subjects).", no_args_is_help=True
 )
 app.add_typer(synth_app, name="synth")
-
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # one error, one line, even in a pipe
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly(func: F) -> F:
-    """Our own errors become one red line and exit code 2, not a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except VoxfleetError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
+app.add_typer(campaign_app, name="campaign")
 
 
 @app.command()
@@ -75,12 +56,21 @@ def worker(
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Consumer name (default unique).")] = None,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            "--warm/--ephemeral",
+            help="Keep the cluster for the next job of the same campaign (torn down when idle).",
+        ),
+    ] = False,
 ) -> None:
     """Run one consumer: a Celery worker with the solo pool, one job at a time."""
     settings = get_settings()
     updates: dict[str, Any] = {}
     if queue:
         updates["queue"] = queue
+    if warm:
+        updates["keep_warm"] = True
     if cluster:
         from cluster import backend_for
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from producer.jobs import submit, wait_for
+from producer.local_consumer import start_consumer, stop_consumer
 from producer.server import EmbeddedRedis
 from shared.jobspec import JobSpec
 from shared.settings import Settings
@@ -27,30 +27,24 @@ from shared.store import open_store
 DEMO_TIMEOUT_S = 600.0
 
 
-def _start_consumer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "producer", "worker", "--loglevel=INFO", "--hostname=demo@%h"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        # Its own process group: Ctrl-C reaches the demo, which then stops the consumer in order.
-        start_new_session=True,
-    )
-
-
-def _stop_consumer(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def run_demo(out: Path, *, subjects: int, workers: int, console: Console) -> int:
+    """Returns the exit code: 0 when every job is done, 1 if any failed, 130 if interrupted."""
+    # Ctrl-C or a SIGTERM anywhere below unwinds through the finally blocks, which stop the
+    # consumer and the server; set explicitly because a background shell ignores SIGINT.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(out, subjects=subjects, workers=workers, console=console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: consumer and server stopped")
+        return 130
+
+
+def _run(out: Path, *, subjects: int, workers: int, console: Console) -> int:
     from producer.synth.hcp import write_subjects
 
     out = out.resolve()
@@ -65,7 +59,7 @@ def run_demo(out: Path, *, subjects: int, workers: int, console: Console) -> int
             "VOXFLEET_BROKER_URL": server.url,
             "VOXFLEET_DEFAULT_CLUSTER": f"local:{workers}",
         }
-        consumer = _start_consumer(env, out / "consumer.log")
+        consumer = start_consumer(env, out / "consumer.log", "demo")
         try:
             with console.status("generating synthetic HCP-layout subjects ..."):
                 ids = write_subjects(open_store(str(inputs), settings), subjects, size="small")
@@ -78,7 +72,7 @@ def run_demo(out: Path, *, subjects: int, workers: int, console: Console) -> int
             console.print(f"  queued {len(specs)} dti jobs; consumer log: {out / 'consumer.log'}")
             records = _watch(specs, settings, consumer, console)
         finally:
-            _stop_consumer(consumer)
+            stop_consumer(consumer, grace_s=20)
     _summary(specs, records, console)
     failed = [r for r in records.values() if r.get("state") != "done"]
     console.print(

@@ -10,6 +10,7 @@ import json
 import re
 import time
 import uuid
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,7 +22,9 @@ SCHEMA_VERSION = 1
 # Ids become object-key components: no separators, no dots at the start, nothing exotic.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
-CLUSTER_PATTERN = r"^(local(:[1-9][0-9]{0,2})?|(tcp|tls)://[A-Za-z0-9_.\-]+:[0-9]{1,5})$"
+CLUSTER_PATTERN = (
+    r"^(local(:[1-9][0-9]{0,2})?|coiled|slurm|(tcp|tls)://[A-Za-z0-9_.\-]+:[0-9]{1,5})$"
+)
 
 
 class PipelineParams(BaseModel):
@@ -30,6 +33,8 @@ class PipelineParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     version: ClassVar[str] = "1"
+    #: The object that makes a folder one input when a campaign lists a prefix.
+    input_marker: ClassVar[str] = "T1w/Diffusion/data.nii.gz"
 
 
 class DtiParams(PipelineParams):
@@ -46,8 +51,112 @@ class DtiParams(PipelineParams):
     qc: bool = Field(default=True, description="Write the FA mid-slice QC PNG.")
 
 
-PIPELINE_PARAMS: dict[str, type[PipelineParams]] = {"dti": DtiParams}
-PipelineName = Literal["dti"]
+# FreeSurfer aseg white matter, as the reference pipeline uses it: cerebral WM (2, 41), brain
+# stem (16), WM hypointensities (77), fornix (250) and the corpus callosum (251-255).
+HCP_WM_LABELS: tuple[int, ...] = (2, 16, 41, 77, 250, 251, 252, 253, 254, 255)
+_INT32_MAX = 2**31 - 1  # labels are stored as int32; dipy takes a C int seed
+
+
+class TractographyParams(PipelineParams):
+    """White-matter mask, tensor FA, CSD fODFs and sharded whole-brain tracking of an HCP-layout
+    subject. Lengths and steps are in millimetres, angles in degrees."""
+
+    version: ClassVar[str] = "1"
+    b0_threshold: float = Field(default=50.0, ge=0, le=1000, description="b-values <= are b0.")
+    wm_source: Literal["aparc", "fa"] = Field(
+        default="aparc",
+        description="White matter from aparc+aseg labels, or from FA (inputs with no aparc+aseg).",
+    )
+    wm_labels: tuple[int, ...] = Field(
+        default=HCP_WM_LABELS,
+        min_length=1,
+        max_length=512,
+        description="aparc+aseg labels counted as white matter (wm_source=aparc).",
+    )
+    fa_wm_threshold: float = Field(
+        default=0.2, gt=0, lt=1, description="FA above which a brain voxel is WM (wm_source=fa)."
+    )
+    response: Literal["mask", "auto"] = Field(
+        default="mask",
+        description="Single-fibre response from WM voxels with FA > response_fa_thr (mask), "
+        "or dipy's auto_response_ssst in a cube at the volume centre (auto).",
+    )
+    response_roi_radii: int = Field(
+        default=10, ge=1, le=200, description="Half-size in voxels of the auto-response cube."
+    )
+    response_fa_thr: float = Field(
+        default=0.7, gt=0, lt=1, description="FA above which a voxel enters the response."
+    )
+    sh_order_max: int = Field(default=8, ge=2, le=12, description="CSD spherical-harmonic order.")
+    seeds_per_voxel: int = Field(
+        default=1,
+        ge=1,
+        le=27,
+        description="Seeds per white-matter voxel, on a regular grid (8 = 2x2x2; others are "
+        "factored into a grid as even as possible, e.g. 4 = 2x2x1).",
+    )
+    step_size: float = Field(default=0.5, gt=0, le=10, description="Tracking step (mm).")
+    max_angle: float = Field(default=30.0, gt=0, le=90, description="Largest turn per step (deg).")
+    fa_stop: float = Field(default=0.1, ge=0, lt=1, description="Tracking stops where FA < this.")
+    min_len: int = Field(default=10, ge=0, le=1000, description="Shorter streamlines dropped (mm).")
+    max_len: int = Field(default=250, ge=1, le=5000, description="Longest streamline kept (mm).")
+    tracker: Literal["deterministic", "probabilistic"] = Field(
+        default="deterministic", description="dipy's fast tracker: deterministic or probabilistic."
+    )
+    random_seed: int = Field(
+        default=1,
+        ge=1,
+        le=_INT32_MAX,
+        description="Probabilistic tracking seed; >= 1 so a retried shard redraws the same "
+        "streamlines (dipy seeds from the clock for 0).",
+    )
+    shards: int | None = Field(
+        default=None, ge=1, le=100_000, description="Tractogram shards; None = 4 per worker."
+    )
+    csd_chunks: int | None = Field(
+        default=None, ge=1, le=4096, description="Chunks of WM voxels for CSD; None = 4 per worker."
+    )
+    output_format: Literal["trk", "trx"] = Field(default="trk", description="Shard file format.")
+    qc: bool = Field(default=True, description="Write the FA / WM / density QC PNG.")
+
+    @field_validator("wm_labels", mode="before")
+    @classmethod
+    def _label_list(cls, value: Any) -> Any:
+        # `--param wm_labels=2,41` arrives as the string "2,41" (not JSON); accept it.
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError("expected integers separated by commas, e.g. 2,41") from None
+        return value
+
+    @field_validator("wm_labels")
+    @classmethod
+    def _labels(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(label < 0 or label > _INT32_MAX for label in value):
+            raise ValueError("labels must be between 0 and 2^31 - 1")
+        # Sorted and unique: the same set of labels gives the same job key.
+        return tuple(sorted(set(value)))
+
+    @field_validator("sh_order_max")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even (the symmetric SH basis has only even orders)")
+        return value
+
+    @model_validator(mode="after")
+    def _lengths(self) -> TractographyParams:
+        if self.min_len >= self.max_len:
+            raise ValueError(f"min_len ({self.min_len}) must be below max_len ({self.max_len})")
+        return self
+
+
+PIPELINE_PARAMS: dict[str, type[PipelineParams]] = {
+    "dti": DtiParams,
+    "tractography": TractographyParams,
+}
+PipelineName = Literal["dti", "tractography"]
 
 
 def check_id(value: str, what: str) -> str:
@@ -66,6 +175,22 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
+class ClusterSize(BaseModel):
+    """How big a cluster the job wants; None means the backend's default (one worker per core
+    locally, ``coiled_workers`` on Coiled). Not part of the job key: hardware is not science."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workers: int | None = Field(default=None, ge=1, le=1000)
+    threads: int = Field(default=1, ge=1, le=64, description="Threads per worker process.")
+    memory: str | None = Field(
+        default=None, pattern=r"^[0-9]+(\.[0-9]+)? ?(GiB|GB|MiB|MB)$", description="Per worker."
+    )
+    adaptive_max: int | None = Field(
+        default=None, ge=1, le=1000, description="Scale between workers and this, if supported."
+    )
+
+
 class JobSpec(BaseModel):
     """One unit of work: a pipeline over one subject or volume."""
 
@@ -80,6 +205,7 @@ class JobSpec(BaseModel):
     subject: str = Field(default="", description="Derived from the input URI when empty.")
     params: dict[str, Any] = Field(default_factory=dict)
     cluster: str | None = Field(default=None, pattern=CLUSTER_PATTERN)
+    resources: ClusterSize = Field(default_factory=ClusterSize)
     submitted_at: float = Field(default_factory=time.time)
 
     @field_validator("input_uri", "results_uri")
@@ -123,7 +249,7 @@ class JobSpec(BaseModel):
     def pipeline_version(self) -> str:
         return PIPELINE_PARAMS[self.pipeline].version
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Digest of what determines the output: pipeline and its version, input, parameters.
 

@@ -52,6 +52,42 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Connecting to an existing scheduler; then retried."
     )
 
+    # Warm reuse: keep a consumer's cluster between jobs of one campaign (start-up paid once).
+    keep_warm: bool = Field(
+        default=False, description="Reuse the cluster for the next job of the same campaign."
+    )
+    warm_idle_s: float = Field(
+        default=300.0, gt=0, description="A kept cluster idle this long is torn down."
+    )
+
+    # Coiled (the `coiled` cluster spec; `pip install 'voxfleet[coiled]'`). The token is read by
+    # coiled itself from DASK_COILED__TOKEN and never passes through voxfleet.
+    coiled_workers: int = Field(default=10, ge=1, description="Workers when the job names none.")
+    coiled_vm_types: list[str] = Field(default_factory=list, description="e.g. m6i.xlarge")
+    coiled_worker_cpu: int | None = Field(default=None, ge=1)
+    coiled_worker_memory: str | None = Field(default=None, description="e.g. '16 GiB'")
+    coiled_region: str | None = None
+    coiled_spot_policy: str = Field(
+        default="spot_with_fallback", description="on-demand | spot | spot_with_fallback"
+    )
+    coiled_software: str | None = Field(default=None, description="Software environment name.")
+    # Backstops if the consumer dies without closing its cluster (SIGKILL, lost VM): Coiled
+    # itself shuts the cluster down.
+    coiled_idle_timeout: str = "20 minutes"
+    coiled_no_client_timeout: str = "10 minutes"
+    coiled_cluster_timeout: str = "12 hours"
+
+    # SLURM (the `slurm` cluster spec; `pip install 'voxfleet[slurm]'`).
+    slurm_workers: int = Field(default=4, ge=1, description="Worker jobs when the job names none.")
+    slurm_queue: str | None = Field(default=None, description="Partition.")
+    slurm_account: str | None = None
+    slurm_walltime: str = "02:00:00"
+    slurm_memory: str = "16GB"
+    slurm_job_extra: list[str] = Field(default_factory=list, description="Extra #SBATCH lines.")
+    slurm_queue_wait_s: float = Field(
+        default=3600.0, gt=0, description="How long to wait for the first worker job to start."
+    )
+
     # Reliability. Redis redelivers an unacked message once it is older than the visibility
     # timeout (celery#5935), so it must exceed the longest job, with margin.
     visibility_timeout_s: int = Field(default=12 * 3600, ge=60)

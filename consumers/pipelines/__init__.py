@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from consumers.pipelines import dti
+from consumers.pipelines import dti, tractography
 from consumers.pipelines.base import Pipeline
 from shared.errors import InvalidInput
 
 PIPELINES: dict[str, Pipeline] = {
     "dti": Pipeline(
         load=dti.load, run=dti.run, worker_modules=("consumers.pipelines.dti", "dipy.reconst.dti")
+    ),
+    "tractography": Pipeline(
+        load=tractography.load,
+        run=tractography.run,
+        worker_modules=(
+            "consumers.pipelines.tractography",
+            "dipy.reconst.dti",
+            "dipy.reconst.csdeconv",
+            "dipy.tracking.tracker",
+            "dipy.tracking.stopping_criterion",
+            "dipy.io.streamline",
+        ),
     ),
 }
 

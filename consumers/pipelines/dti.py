@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from consumers.pipelines import qc
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.hcp import Subject, load_subject
+from consumers.pipelines.remote import map_scattered
 from shared.errors import InvalidInput
 from shared.jobspec import DtiParams
 
@@ -81,10 +82,12 @@ def chunk_count(requested: int | None, n_workers: int, n_voxels: int) -> int:
     return max(1, min(wanted, n_voxels))
 
 
-def fit_tensor(
+def fit_tensor_values(
     ctx: PipelineContext, subject: Subject, client: Any, params: DtiParams
-) -> tuple[NDArray[np.float32], NDArray[np.float32], int]:
-    """FA and MD volumes (zero outside the mask) fitted across the cluster, and the chunk count."""
+) -> tuple[NDArray[np.float64], NDArray[np.float64], int]:
+    """FA and MD of the mask voxels (in mask order, float64 as dipy computes them) fitted across
+    the cluster, and the chunk count. Tractography needs FA at full precision: its stopping
+    criterion compares it with a threshold, and so does the serial reference."""
     voxels = subject.data[subject.mask]  # (n_voxels, n_volumes), C order = mask order
     # n_workers=-1: all workers (the default has been capped at a few in some releases).
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
@@ -92,22 +95,15 @@ def fit_tensor(
     # array_split spreads the remainder over the first chunks: no voxel is dropped.
     chunks = np.array_split(voxels, n_chunks)
     del voxels
-    # Scatter once, then pass futures: tasks then carry a reference, not a copy of their data.
-    # hash=False: unique keys, so two jobs sharing a long-lived cluster never alias chunks.
-    remote = client.scatter(chunks, hash=False)
+    results = map_scattered(
+        client,
+        fit_chunk,
+        chunks,
+        subject.gtab,
+        params.fit_method,
+        labels=[f"tensor chunk {i}" for i in range(len(chunks))],
+    )
     del chunks
-    futures = [
-        client.submit(fit_chunk, part, subject.gtab, params.fit_method, pure=False)
-        for part in remote
-    ]
-    try:
-        results = client.gather(futures)
-    except BaseException:
-        # Stop the rest of the work on a cluster that may outlive this job (a shared one).
-        client.cancel(futures)
-        raise
-    # Dropping the last references releases the chunks and results on the workers.
-    del futures, remote
 
     busy: dict[str, float] = {}
     for _, _, seconds, where in results:
@@ -115,17 +111,26 @@ def fit_tensor(
     ctx.timer.extra["workers_busy_s"] = {k: round(v, 6) for k, v in sorted(busy.items())}
     ctx.timer.extra["dti_chunks"] = n_chunks
 
-    fa = np.zeros(subject.shape, dtype=np.float32)
-    md = np.zeros(subject.shape, dtype=np.float32)
     # gather keeps submission order, and the chunks are consecutive runs of mask voxels.
-    fa[subject.mask] = np.concatenate([r[0] for r in results])
-    md[subject.mask] = np.concatenate([r[1] for r in results])
+    fa = np.concatenate([r[0] for r in results]).astype(np.float64, copy=False)
+    md = np.concatenate([r[1] for r in results]).astype(np.float64, copy=False)
     return fa, md, n_chunks
 
 
-def _write_nifti(
-    ctx: PipelineContext, key: str, volume: NDArray[np.float32], subject: Subject
-) -> Path:
+def fit_tensor(
+    ctx: PipelineContext, subject: Subject, client: Any, params: DtiParams
+) -> tuple[NDArray[np.float32], NDArray[np.float32], int]:
+    """FA and MD volumes (zero outside the mask) fitted across the cluster, and the chunk count."""
+    fa_values, md_values, n_chunks = fit_tensor_values(ctx, subject, client, params)
+    fa = np.zeros(subject.shape, dtype=np.float32)
+    md = np.zeros(subject.shape, dtype=np.float32)
+    fa[subject.mask] = fa_values
+    md[subject.mask] = md_values
+    return fa, md, n_chunks
+
+
+def write_nifti(ctx: PipelineContext, key: str, volume: NDArray[Any], subject: Subject) -> Path:
+    """A volume on the subject's grid as ``workdir/out/{key}``, for the publish stage."""
     img: Any = nib.Nifti1Image(volume, subject.affine)
     # Keep the input's space labels (scanner / aligned / MNI...), not nibabel's defaults.
     qform_code, sform_code = subject.xform_codes
@@ -168,8 +173,8 @@ def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
         fa, md, n_chunks = fit_tensor(ctx, subject, client, params)
     uploads: dict[str, Path] = {}
     with ctx.timer.stage("write"):
-        uploads["fa.nii.gz"] = _write_nifti(ctx, "fa.nii.gz", fa, subject)
-        uploads["md.nii.gz"] = _write_nifti(ctx, "md.nii.gz", md, subject)
+        uploads["fa.nii.gz"] = write_nifti(ctx, "fa.nii.gz", fa, subject)
+        uploads["md.nii.gz"] = write_nifti(ctx, "md.nii.gz", md, subject)
     if params.qc:
         with ctx.timer.stage("qc"):
             png = qc.save_mid_slices(

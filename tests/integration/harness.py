@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
 
-from consumers.app import make_app
-from shared.settings import Settings
+from producer.local_consumer import running_consumer
+
+__all__ = ["consumer_env", "dask_cluster_processes", "running_consumer", "upload_dir"]
 
 
 def consumer_env(redis_url: str, s3_endpoint: str, **extra: str) -> dict[str, str]:
@@ -31,51 +29,50 @@ def consumer_env(redis_url: str, s3_endpoint: str, **extra: str) -> dict[str, st
     }
 
 
-@contextmanager
-def running_consumer(
-    env: dict[str, str], log_path: Path, *, name: str | None = None, ready_timeout_s: float = 90
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``voxfleet worker``, wait until it answers a ping, stop it on exit."""
-    name = name or f"test-{uuid.uuid4().hex[:6]}"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "producer",
-                "worker",
-                "--loglevel=INFO",
-                f"--hostname={name}@%h",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    settings = Settings(broker_url=env["VOXFLEET_BROKER_URL"])  # type: ignore[arg-type]
-    app = make_app(settings)
-    deadline = time.monotonic() + ready_timeout_s
-    try:
-        while not any(name in host for reply in app.control.ping(timeout=0.5) for host in reply):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"consumer {name} did not start:\n{log_path.read_text()[-3000:]}"
-                )
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        app.close()
-
-
 def upload_dir(local: Path, bucket: str, prefix: str, endpoint: str) -> str:
     client = boto3.client("s3", endpoint_url=endpoint)
     for path in sorted(local.rglob("*")):
         if path.is_file():
             client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
     return f"s3://{bucket}/{prefix}"
+
+
+@contextmanager
+def dask_cluster_processes(log_dir: Path, n_workers: int = 2) -> Iterator[str]:
+    """A real ``dask scheduler`` and ``dask worker`` processes: an existing cluster that
+    consumers reach through a ``tcp://`` spec (and never tear down)."""
+    from distributed import Client
+
+    from producer.server import free_port
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    procs = []
+    with (log_dir / "dask.log").open("ab") as log:
+        procs.append(
+            subprocess.Popen(
+                [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                 "--dashboard-address", ":0", "--no-show"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [dask, "worker", address, "--nworkers", str(n_workers), "--nthreads", "1",
+                 "--no-dashboard", "--memory-limit", "4GiB"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(n_workers, timeout=120)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -34,6 +34,8 @@ def test_put_get_list_roundtrip(store: ObjectStore, tmp_path: Path) -> None:
     assert store.exists("a/b/one.bin") and not store.exists("a/b/nope")
     assert list(store.list("a")) == ["a/b/one.bin", "a/two.bin"]
     assert list(store.child("a").list()) == ["b/one.bin", "two.bin"]
+    assert store.children() == ["a"] and store.children("a") == ["b"]
+    assert store.children("nothing-here") == []
     assert store.child("a").get_bytes("b/one.bin") == b"hello"
 
 

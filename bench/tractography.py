@@ -1,0 +1,341 @@
+"""The ``tractography`` job (2-worker LocalCluster, through the real runner) vs the plain serial
+dipy calls, and vs dipy's own ``engine="dask"`` CSD fit, on one synthetic subject in one run.
+
+``python -m bench tractography [--size=small|medium|hcp] [--no-dask-processes]`` (default
+medium). The serial reference and dipy's dask fits run in a child process with one BLAS thread
+(as Dask workers have), so its CPU seconds are single-threaded dipy's and nothing else; it
+reports its own per-stage wall and CPU time, excluding interpreter start and imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.harness import measure, write_results
+
+SUBJECT = "100307"
+DIFF = "T1w/Diffusion"
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+class Stages:
+    """Wall and CPU seconds per named stage of the (single-process) serial reference."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        wall0, cpu0 = time.perf_counter(), _cpu()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall0
+            self.cpu[name] = self.cpu.get(name, 0.0) + _cpu() - cpu0
+
+
+def serial_reference(subject: Path, out: Path, dask_backends: list[str]) -> dict[str, Any]:
+    """What a user would write with dipy alone, stage by stage, on the job's defaults; then
+    dipy's ``engine="dask"`` CSD fit of the same voxels, per backend."""
+    import nibabel as nib
+    from dipy.core.gradients import gradient_table
+    from dipy.io.gradients import read_bvals_bvecs
+    from dipy.io.stateful_tractogram import StatefulTractogram
+    from dipy.io.streamline import save_tractogram
+    from dipy.io.utils import Space
+    from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel, response_from_mask_ssst
+    from dipy.reconst.dti import TensorModel
+    from dipy.tracking.stopping_criterion import ThresholdStoppingCriterion
+    from dipy.tracking.tracker import deterministic_tracking
+    from dipy.tracking.utils import seeds_from_mask
+    from nibabel.streamlines.array_sequence import ArraySequence
+
+    from consumers.pipelines.hcp import resample_labels_nearest
+    from shared.jobspec import HCP_WM_LABELS
+
+    st = Stages()
+    with st.stage("load"):
+        dwi: Any = nib.load(subject / DIFF / "data.nii.gz")
+        data = np.asarray(dwi.get_fdata(dtype=np.float32))
+        brain_img: Any = nib.load(subject / DIFF / "nodif_brain_mask.nii.gz")
+        brain = np.asarray(brain_img.dataobj) > 0
+        bvals, bvecs = read_bvals_bvecs(
+            str(subject / DIFF / "bvals"), str(subject / DIFF / "bvecs")
+        )
+        gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=50)
+        aparc: Any = nib.load(subject / "T1w/aparc+aseg.nii.gz")
+        labels = np.asarray(aparc.dataobj).astype(np.int32)
+    with st.stage("mask"):
+        on_grid = resample_labels_nearest(labels, aparc.affine, data.shape[:3], dwi.affine)
+        wm = np.isin(on_grid, HCP_WM_LABELS)
+    with st.stage("dti"):
+        fa = TensorModel(gtab).fit(data, mask=brain).fa
+    with st.stage("response"):
+        response, _ = response_from_mask_ssst(gtab, data, wm & (fa > 0.7))
+    model = ConstrainedSphericalDeconvModel(gtab, response, sh_order_max=8)
+    with st.stage("csd"):
+        sh = model.fit(data, mask=wm).shm_coeff
+    with st.stage("tracking"):
+        seeds = seeds_from_mask(wm, dwi.affine, density=1)
+        streamlines = ArraySequence(
+            deterministic_tracking(
+                seeds,
+                ThresholdStoppingCriterion(fa, 0.1),
+                dwi.affine,
+                sh=sh,
+                min_len=10,
+                max_len=250,
+                step_size=0.5,
+                max_angle=30,
+                nbr_threads=1,  # serial: dipy's default would use every core
+            )
+        )
+    with st.stage("write"):
+        sft = StatefulTractogram(streamlines, dwi, Space.RASMM)
+        save_tractogram(sft, str(out / "serial.trk"), bbox_valid_check=True)
+    figures: dict[str, Any] = {
+        "stages_s": st.wall,
+        "stages_cpu_s": st.cpu,
+        "wall_s": sum(st.wall.values()),
+        "cpu_s": sum(st.cpu.values()),
+        "streamlines": len(streamlines),
+        "seeds": len(seeds),
+        "wm_voxels": int(wm.sum()),
+    }
+    del streamlines, sft
+    for backend in dask_backends:
+        name = f"csd_dask_{backend}"
+        with st.stage(name):
+            dask_sh = model.fit(data, mask=wm, engine="dask", n_jobs=2, backend=backend).shm_coeff
+        figures[f"{name}_s"] = st.wall[name]
+        figures[f"{name}_cpu_s"] = st.cpu[name]  # threads only; worker processes are not counted
+        figures[f"{name}_max_abs_diff"] = float(np.max(np.abs(dask_sh - sh)))
+    return figures
+
+
+def _run_reference(subject: Path, out: Path, dask_backends: list[str]) -> dict[str, Any]:
+    report = out / "serial.json"
+    env = {**os.environ, **SINGLE_THREAD}
+    command = [sys.executable, "-m", "bench.tractography", str(subject), str(out), str(report)]
+    subprocess.run([*command, *dask_backends], env=env, check=True)
+    result: dict[str, Any] = json.loads(report.read_text())
+    return result
+
+
+def _compare(shards: list[Path], serial_trk: Path, dwi: Path) -> dict[str, Any]:
+    """Our shards, concatenated in order, against the serial tractogram: count and distance."""
+    from dipy.io.streamline import load_tractogram
+
+    ours_points, ours_lengths = [], []
+    for path in shards:
+        sft = load_tractogram(str(path), str(dwi), bbox_valid_check=True)
+        ours_points.append(sft.streamlines.get_data())
+        ours_lengths.append(sft.streamlines._lengths)
+    ref = load_tractogram(str(serial_trk), str(dwi), bbox_valid_check=True).streamlines
+    lengths = np.concatenate(ours_lengths) if ours_lengths else np.zeros(0, int)
+    same = len(lengths) == len(ref) and np.array_equal(lengths, ref._lengths)
+    distance = None
+    if same:
+        points = np.concatenate(ours_points)
+        distance = float(np.linalg.norm(points - ref.get_data(), axis=1).max(initial=0.0))
+    return {
+        "streamlines_ours": len(lengths),
+        "streamlines_serial": len(ref),
+        "same_lengths": bool(same),
+        "max_point_distance_mm": distance,
+    }
+
+
+def _balance(busy: dict[str, float]) -> float | None:
+    values = list(busy.values())
+    return round(float(np.mean(values) / np.max(values)), 3) if values else None
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds used by every process on this machine so far, and seconds stolen by the
+    hypervisor (``/proc/stat``); (0, 0) where that file does not exist."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+@contextmanager
+def host_load(own_cpu: Callable[[], float]) -> Iterator[dict[str, float]]:
+    """How busy the machine was around the block: CPU seconds of *other* processes (the
+    machine's total minus ``own_cpu()``), steal time and load average. On a shared machine a
+    figure measured next to someone else's job is not worth much; these say when that was so."""
+    info: dict[str, float] = {}
+    busy0, steal0 = _machine_cpu()
+    load0 = os.getloadavg()[0]
+    try:
+        yield info
+    finally:
+        busy1, steal1 = _machine_cpu()
+        info.update(
+            foreign_cpu_s=round(max(0.0, busy1 - busy0 - own_cpu()), 2),
+            steal_s=round(steal1 - steal0, 2),
+            loadavg_start=round(load0, 2),
+            loadavg_end=round(os.getloadavg()[0], 2),
+        )
+
+
+def main(options: list[str]) -> dict[str, Any]:
+    from consumers.runner import execute
+    from producer.synth.hcp import write_subject
+    from shared.jobspec import JobSpec
+    from shared.settings import Settings
+    from shared.store import LocalStore
+
+    size = next((o.split("=", 1)[1] for o in options if o.startswith("--size=")), "medium")
+    repeat = int(next((o.split("=", 1)[1] for o in options if o.startswith("--repeat=")), "1"))
+    backends = (
+        ["threading"] if "--no-dask-processes" in options else ["threading", "multiprocessing"]
+    )
+    ours_runs: list[dict[str, Any]] = []
+    serial_runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="vf-bench-tract-") as tmp:
+        root = Path(tmp)
+        subject = root / "in" / SUBJECT
+        t0 = time.perf_counter()
+        write_subject(LocalStore(root / "in"), SUBJECT, size=size, seed=1)
+        print(f"synthetic {size} subject written in {time.perf_counter() - t0:.1f} s", flush=True)
+        # Alternate the two sides, so that a neighbour's burst of load hits both alike.
+        for run in range(repeat):
+            spec = JobSpec(
+                pipeline="tractography",
+                input_uri=str(subject),
+                results_uri=str(root / f"out{run}"),  # a fresh place: a job key commits once
+                cluster="local:2",
+            )
+            # host_load encloses measure, so it reads the CPU measure has just totalled.
+            with host_load(lambda: ours.cpu_s) as ours_host, measure() as ours:
+                outcome = execute(spec, Settings())
+            ours_runs.append({"measured": ours, "outcome": outcome, "host": ours_host})
+            stages = json.dumps(outcome.timing["stages_s"])
+            print(f"ours #{run}: {ours.as_dict()} {ours_host}\n  stages {stages}", flush=True)
+
+            (root / f"ref{run}").mkdir()
+            with host_load(lambda: process.cpu_s) as ref_host, measure() as process:
+                ref = _run_reference(subject, root / f"ref{run}", backends if run == 0 else [])
+            serial_runs.append({**ref, "process": process.as_dict(), "host": ref_host})
+            print(
+                f"serial #{run}: {ref['wall_s']:.1f} s wall, {ref['cpu_s']:.1f} s CPU "
+                f"{ref_host}\n  stages {json.dumps(ref['stages_s'])}",
+                flush=True,
+            )
+        first = ours_runs[0]["outcome"]
+        job = Path(first.manifest_uri).parent
+        shard_paths = [job / first.timing["attempt"] / s["key"] for s in first.summary["shards"]]
+        equality = _compare(
+            shard_paths, root / "ref0" / "serial.trk", subject / DIFF / "data.nii.gz"
+        )
+
+    figures = _figures(size, ours_runs, serial_runs, equality)
+    write_results("tractography", figures)
+    return figures
+
+
+def _figures(
+    size: str,
+    ours_runs: list[dict[str, Any]],
+    serial_runs: list[dict[str, Any]],
+    equality: dict[str, Any],
+) -> dict[str, Any]:
+    """Ratios from the fastest run of each side (the one least disturbed by neighbours); CPU
+    inflation from the smallest CPU time of each side; every run is kept in the results."""
+    best = min(ours_runs, key=lambda r: r["measured"].wall_s)
+    ref = min(serial_runs, key=lambda r: r["wall_s"])
+    ours, outcome = best["measured"], best["outcome"]
+    ours_cpu = min(r["measured"].cpu_s for r in ours_runs)
+    ref_cpu = min(r["cpu_s"] for r in serial_runs)
+    dask = serial_runs[0]
+    timing = outcome.timing
+    stages, rs = timing["stages_s"], ref["stages_s"]
+    busy: dict[str, float] = {}
+    worker_cpu: dict[str, float] = {}
+    for key in ("dti_workers_busy_s", "csd_workers_busy_s", "tracking_workers_busy_s"):
+        for worker, seconds in timing.get(key, {}).items():
+            busy[worker] = busy.get(worker, 0.0) + seconds
+    for key in ("csd_workers_cpu_s", "tracking_workers_cpu_s"):
+        for worker, seconds in timing.get(key, {}).items():
+            worker_cpu[worker] = worker_cpu.get(worker, 0.0) + seconds
+    overhead = sum(stages.get(k, 0.0) for k in ("queue_wait", "cluster_acquire", "publish"))
+    critical = sum(
+        stages.get(k, 0.0) for k in ("queue_wait", "cluster_wait", "cluster_release", "publish")
+    )
+    figures: dict[str, Any] = {
+        "size": size,
+        "runs": len(ours_runs),
+        "speedup_overall": round(ref["wall_s"] / ours.wall_s, 3),
+        "speedup_csd": round(rs["csd"] / stages["csd"], 3),
+        "speedup_tracking": round(rs["tracking"] / stages["tracking"], 3),
+        "cpu_inflation": round(ours_cpu / ref_cpu, 3),
+        "cpu_inflation_csd_tracking": round(
+            sum(worker_cpu.values())
+            / (ref["stages_cpu_s"]["csd"] + ref["stages_cpu_s"]["tracking"]),
+            3,
+        ),
+        "balance": _balance(busy),
+        "balance_csd": _balance(timing.get("csd_workers_busy_s", {})),
+        "balance_tracking": _balance(timing.get("tracking_workers_busy_s", {})),
+        "speedup_csd_vs_dipy_dask": round(dask["csd_dask_threading_s"] / stages["csd"], 3),
+        "overhead_fraction": round(overhead / ours.wall_s, 4),
+        "overhead_fraction_critical_path": round(critical / ours.wall_s, 4),
+        "streamlines": outcome.summary["streamlines"],
+        "seeds": outcome.summary["seeds"],
+        "shards": len(outcome.summary["shards"]),
+        **equality,
+        "ours": {**ours.as_dict(), **best["host"]},
+        "serial": {
+            "wall_s": round(ref["wall_s"], 4),
+            "cpu_s": round(ref["cpu_s"], 4),
+            **ref["host"],
+        },
+        "stages_s": stages,
+        "serial_stages_s": {k: round(v, 4) for k, v in rs.items()},
+        "serial_stages_cpu_s": {k: round(v, 4) for k, v in ref["stages_cpu_s"].items()},
+        "workers_busy_s": {k: round(v, 3) for k, v in busy.items()},
+        "workers_cpu_s": {k: round(v, 3) for k, v in worker_cpu.items()},
+        "dipy_dask": {k: v for k, v in dask.items() if k.startswith("csd_dask")},
+        "all_runs": {
+            "ours": [{**r["measured"].as_dict(), **r["host"]} for r in ours_runs],
+            "serial": [
+                {"wall_s": round(r["wall_s"], 3), "cpu_s": round(r["cpu_s"], 3), **r["host"]}
+                for r in serial_runs
+            ],
+        },
+    }
+    if "csd_dask_multiprocessing_s" in dask:
+        figures["speedup_csd_vs_dipy_dask_processes"] = round(
+            dask["csd_dask_multiprocessing_s"] / stages["csd"], 3
+        )
+    return figures
+
+
+if __name__ == "__main__":
+    # The child process of _run_reference: subject dir, output dir, report path, dask backends.
+    subject_arg, out_arg, report_arg, *dask_backends = sys.argv[1:]
+    result = serial_reference(Path(subject_arg), Path(out_arg), dask_backends)
+    Path(report_arg).write_text(json.dumps(result))

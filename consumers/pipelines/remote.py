@@ -1,0 +1,136 @@
+"""Collecting a batch of cluster tasks with no silent loss.
+
+Every task is submitted with a few immediate retries (Dask reruns a task that raised, on any
+worker). ``gather_all`` then returns every result, in submission order, or raises for the first
+task that still failed, after cancelling the rest: a job either accounts for every chunk and
+shard or fails, never publishes a partial result.
+
+What the job-level failure is decides whether the consumer retries the whole job later:
+
+* a ``VoxfleetError`` raised in the task (the store's ``TransientError`` for an S3 outage that
+  outlasted botocore's and Dask's retries, ``PermanentStoreError`` for a refused write) keeps
+  its class, so the consumer treats it as it treats the same error anywhere else;
+* workers dying under the task (``KilledWorker``) or lost connections are a ``ClusterError``
+  (transient): a fresh cluster on a later attempt may well succeed, and the consumer's retry
+  budget bounds the cost if the task itself is what kills them (memory);
+* anything else (a ValueError from dipy, a bug) raised on every try, on whichever workers took
+  it, is deterministic: the same code on the same data will raise again, so a whole-job retry
+  would only repeat it hours later. That is ``TaskFailed``, a permanent error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from shared.errors import ClusterError, TransientError, VoxfleetError
+
+log = logging.getLogger(__name__)
+
+TASK_RETRIES = 2  # immediate reruns of a task that raised, before the job gives up on it
+
+
+class TaskFailed(VoxfleetError):
+    """Permanent: a cluster task raised the same way on every try (see the module docstring)."""
+
+
+def classify(exc: BaseException, what: str) -> VoxfleetError:
+    """The job-level error for task ``what`` having failed with ``exc`` on its last try."""
+    from distributed import KilledWorker
+
+    if isinstance(exc, VoxfleetError):
+        try:
+            return type(exc)(f"{what}: {exc}")
+        except TypeError:  # a subclass with its own constructor; keep it as it is
+            return exc
+    if isinstance(exc, KilledWorker):
+        return ClusterError(f"{what}: the workers running it died ({exc})")
+    if isinstance(exc, OSError | TimeoutError):
+        # Lost connections (CommClosedError is an OSError), a full scratch disk: not the data.
+        return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+    return TaskFailed(f"{what} failed on every try: {type(exc).__name__}: {exc}")
+
+
+def gather_all(client: Any, futures: Sequence[Any], labels: Sequence[str]) -> list[Any]:
+    """The results of ``futures`` in order; on the first failure, cancel the others and raise
+    ``classify(...)`` naming the task by its label."""
+    from distributed import as_completed
+
+    if len(labels) != len(futures):
+        raise ValueError("one label per future")
+    position = {future.key: i for i, future in enumerate(futures)}
+    results: dict[int, Any] = {}
+    try:
+        for future in as_completed(futures):
+            i = position[future.key]
+            if future.status == "error":
+                exc = future.exception()
+                raise classify(exc, labels[i]) from exc
+            if future.status == "cancelled":
+                raise ClusterError(f"{labels[i]} was cancelled (the cluster is going away?)")
+            results[i] = future.result()
+    except BaseException:
+        # Stop the rest of the work on a cluster that may outlive this job (a shared one).
+        client.cancel(list(futures))
+        raise
+    return [results[i] for i in range(len(futures))]
+
+
+MAX_ROUNDS = 3  # re-scatters after lost workers before the job gives up on the stage
+
+
+def map_scattered(
+    client: Any,
+    func: Any,
+    parts: Sequence[Any],
+    *args: Any,
+    labels: Sequence[str],
+    retries: int = TASK_RETRIES,
+    **kwargs: Any,
+) -> list[Any]:
+    """``func(part, *args, **kwargs)`` for every part on the cluster; results in order.
+
+    Each part is scattered once (tasks carry a reference, not a copy). A worker that dies takes
+    its scattered parts with it -- Dask then cancels the tasks that needed them, and cannot
+    recompute data it never had a recipe for. Those parts are scattered again from the
+    consumer's copy and their tasks resubmitted, up to ``MAX_ROUNDS`` times, so a lost worker
+    costs a few tasks' time, not the job. Task errors are classified as in ``gather_all``.
+    """
+    from distributed import as_completed
+
+    if len(labels) != len(parts):
+        raise ValueError("one label per part")
+    results: dict[int, Any] = {}
+    todo = list(range(len(parts)))
+    for _ in range(MAX_ROUNDS):
+        # hash=False: unique keys, so two jobs on one long-lived cluster never alias parts.
+        remote = client.scatter([parts[i] for i in todo], hash=False)
+        futures = [
+            client.submit(func, part, *args, pure=False, retries=retries, **kwargs)
+            for part in remote
+        ]
+        index = {future.key: i for future, i in zip(futures, todo, strict=True)}
+        lost: list[int] = []
+        try:
+            for future in as_completed(futures):
+                i = index[future.key]
+                if future.status == "cancelled":
+                    lost.append(i)
+                elif future.status == "error":
+                    exc = future.exception()
+                    raise classify(exc, labels[i]) from exc
+                else:
+                    results[i] = future.result()
+        except BaseException:
+            client.cancel(futures)
+            raise
+        finally:
+            del remote, futures  # release the parts and results on the workers
+        if not lost:
+            return [results[i] for i in range(len(parts))]
+        todo = sorted(lost)
+        log.warning("%d part(s) lost with their worker; scattering them again", len(todo))
+    raise ClusterError(
+        f"{len(todo)} task(s) ({labels[todo[0]]}, ...) lost their workers {MAX_ROUNDS} times"
+    )

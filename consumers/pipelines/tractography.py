@@ -1,0 +1,228 @@
+"""The ``tractography`` pipeline: the per-subject job of the first paper.
+
+HCP-layout subject -> white-matter mask (aparc+aseg labels, or FA) -> tensor FA (the ``dti``
+fit) -> single-fibre response -> CSD fODFs fitted in chunks across the cluster -> seeds in the
+white matter, tracked in shards by the workers, each shard written straight to the store as a
+``.trk`` (or ``.trx``) -> FA and mask maps and a QC image for the consumer to upload.
+
+Every stage equals its serial dipy counterpart (see ``csd`` and ``tracking`` for why), and the
+summary -- which the manifest carries -- lists every shard with its seed range, streamline
+count, size and checksum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from consumers.pipelines import csd, qc, tracking, wm
+from consumers.pipelines.base import PipelineContext, PipelineResult
+from consumers.pipelines.dti import fit_tensor_values, write_nifti
+from consumers.pipelines.hcp import Subject, load_subject
+from shared.errors import InvalidInput
+from shared.jobspec import DtiParams, TractographyParams
+
+
+@dataclass
+class Loaded:
+    subject: Subject
+    #: The white-matter mask; None until FA is known when it comes from FA.
+    wm: NDArray[np.bool_] | None
+
+
+def _params(ctx: PipelineContext) -> TractographyParams:
+    params = ctx.spec.parameters()
+    if not isinstance(params, TractographyParams):
+        raise InvalidInput(f"tractography pipeline given {type(params).__name__} parameters")
+    return params
+
+
+def load(ctx: PipelineContext) -> Loaded:
+    """Read and validate the subject (and its segmentation); runs before any cluster exists."""
+    params = _params(ctx)
+    with ctx.timer.stage("load"):
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        subject = load_subject(
+            ctx.inputs, ctx.workdir, ctx.settings, b0_threshold=params.b0_threshold
+        )
+        n_dwi = int(np.count_nonzero(~subject.gtab.b0s_mask))
+        needed = csd.n_coefficients(params.sh_order_max)
+        if n_dwi < needed:
+            raise InvalidInput(
+                f"only {n_dwi} diffusion-weighted volumes (b > {params.b0_threshold:g}); CSD at "
+                f"sh_order_max {params.sh_order_max} fits {needed} coefficients: lower it"
+            )
+        aparc = None
+        if params.wm_source == "aparc":
+            aparc = wm.read_aparc(ctx.inputs, ctx.workdir, ctx.settings)
+    if aparc is None:
+        return Loaded(subject, None)  # white matter from FA, once the cluster has fitted it
+    with ctx.timer.stage("mask"):
+        mask = wm.wm_from_aparc(*aparc, subject, params.wm_labels)
+    return Loaded(subject, mask)
+
+
+def _fa_volume(
+    ctx: PipelineContext, subject: Subject, client: Any, params: TractographyParams
+) -> NDArray[np.float64]:
+    dti_params = DtiParams(b0_threshold=params.b0_threshold, qc=False)
+    values, _, _ = fit_tensor_values(ctx, subject, client, dti_params)
+    ctx.timer.extra["dti_workers_busy_s"] = ctx.timer.extra.pop("workers_busy_s", {})
+    fa = np.zeros(subject.shape, dtype=np.float64)
+    # dipy gives NaN FA for a voxel with no usable signal; it stops tracking like FA 0 does.
+    fa[subject.mask] = np.nan_to_num(values, nan=0.0)
+    return fa
+
+
+def _response(
+    subject: Subject, mask: NDArray[np.bool_], fa: NDArray[np.float64], params: TractographyParams
+) -> csd.Response:
+    if params.response == "auto":
+        return csd.response_auto(
+            subject.gtab, subject.data, params.response_roi_radii, params.response_fa_thr
+        )
+    return csd.response_from_mask(
+        subject.gtab, subject.data, mask & (fa > params.response_fa_thr), params.response_fa_thr
+    )
+
+
+def _n_workers(client: Any) -> int:
+    # n_workers=-1: all workers (the default has been capped at a few in some releases).
+    return len(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _rounded(busy: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in sorted(busy.items())}
+
+
+def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
+    params = _params(ctx)
+    subject = loaded.subject
+    with ctx.timer.stage("dti"):
+        fa = _fa_volume(ctx, subject, client, params)
+    mask = loaded.wm
+    if mask is None:
+        with ctx.timer.stage("mask"):
+            mask = wm.wm_from_fa(fa, subject.mask, params.fa_wm_threshold)
+
+    with ctx.timer.stage("response"):
+        response = _response(subject, mask, fa, params)
+
+    with ctx.timer.stage("csd"):
+        fit = csd.fit_csd(
+            client,
+            subject.data,
+            mask,
+            subject.gtab,
+            response,
+            params.sh_order_max,
+            params.csd_chunks,
+        )
+    ctx.timer.extra["csd_chunks"] = fit.chunks
+    ctx.timer.extra["csd_workers_busy_s"] = _rounded(fit.busy_s)
+    ctx.timer.extra["csd_workers_cpu_s"] = _rounded(fit.cpu_s)
+
+    with ctx.timer.stage("tracking"):
+        seeds = tracking.make_seeds(mask, subject.affine, params.seeds_per_voxel)
+        if len(seeds) == 0:  # unreachable with a non-empty mask; kept as the last line of defence
+            raise InvalidInput("no seeds: the white-matter mask is empty")
+        n_shards = tracking.shard_count(params.shards, _n_workers(client), len(seeds))
+        tracked = tracking.track_sharded(
+            client,
+            seeds,
+            fit.shm_coeff,
+            fa,
+            subject.affine,
+            tracking.reference_header(subject.affine, subject.shape, subject.zooms),
+            tracking.TrackingOptions.from_params(params),
+            ctx.out,
+            n_shards,
+        )
+    del fit  # the largest array of the job (45 float64 per voxel); nothing below needs it
+    ctx.timer.extra["shards"] = len(tracked.shards)
+    ctx.timer.extra["tracking_workers_busy_s"] = _rounded(tracked.busy_s)
+    ctx.timer.extra["tracking_workers_cpu_s"] = _rounded(tracked.cpu_s)
+
+    uploads: dict[str, Path] = {}
+    with ctx.timer.stage("write"):
+        uploads["fa.nii.gz"] = write_nifti(ctx, "fa.nii.gz", fa.astype(np.float32), subject)
+        uploads["wm_mask.nii.gz"] = write_nifti(
+            ctx, "wm_mask.nii.gz", mask.astype(np.uint8), subject
+        )
+    if params.qc and tracked.density is not None:
+        with ctx.timer.stage("qc"):
+            uploads["qc/tractography.png"] = qc_image(ctx, subject, fa, mask, tracked.density)
+
+    summary = {
+        "streamlines": tracked.streamlines,
+        "seeds": len(seeds),
+        "seeds_per_voxel": params.seeds_per_voxel,
+        "seed_grid": list(tracking.seed_grid(params.seeds_per_voxel)),
+        "shards": tracked.shards,
+        "wm_source": params.wm_source,
+        "wm_voxels": int(np.count_nonzero(mask)),
+        "brain_voxels": int(np.count_nonzero(subject.mask)),
+        "fa_median_wm": round(float(np.median(fa[mask])), 8),
+        "response": response.as_dict(),
+        "sh_order_max": params.sh_order_max,
+        "csd_chunks": ctx.timer.extra["csd_chunks"],
+        "tracker": params.tracker,
+        "output_format": params.output_format,
+        "volumes": int(subject.data.shape[3]),
+        "nonfinite_values": subject.nonfinite_values,
+    }
+    return PipelineResult(files=tracked.files, uploads=uploads, summary=summary)
+
+
+def qc_image(
+    ctx: PipelineContext,
+    subject: Subject,
+    fa: NDArray[np.float64],
+    mask: NDArray[np.bool_],
+    density: NDArray[np.int32],
+) -> Path:
+    """One PNG, three rows of mid-slices: FA, the white-matter mask on FA, and the streamline
+    density on FA (log scale: a few bundles hold most of the streamlines)."""
+    from matplotlib.image import imread, imsave
+
+    folder = ctx.workdir / "out" / "qc"
+    name = ctx.spec.subject
+    rows = [
+        qc.save_mid_slices(
+            folder / "part-fa.png", fa, subject.affine, title=f"{name}: FA", vmin=0.0, vmax=1.0
+        ),
+        qc.save_mid_slices(
+            folder / "part-wm.png",
+            fa,
+            subject.affine,
+            title=f"{name}: white-matter mask ({int(mask.sum())} voxels)",
+            vmin=0.0,
+            vmax=1.0,
+            overlay=mask.astype(np.uint8),
+            overlay_cmap="cool",
+            overlay_alpha=0.45,
+        ),
+        qc.save_mid_slices(
+            folder / "part-density.png",
+            fa,
+            subject.affine,
+            title=f"{name}: streamline density (log10, max {int(density.max())})",
+            vmin=0.0,
+            vmax=1.0,
+            overlay=np.log10(1.0 + density),
+            overlay_cmap="hot",
+            overlay_alpha=0.8,
+        ),
+    ]
+    images = [imread(path) for path in rows]
+    width = max(image.shape[1] for image in images)
+    padded = [np.pad(im, ((0, 0), (0, width - im.shape[1]), (0, 0))) for im in images]
+    path = folder / "tractography.png"
+    imsave(path, np.concatenate(padded, axis=0))
+    for part in rows:
+        part.unlink()
+    return path

@@ -1,0 +1,219 @@
+"""Stores on S3 (or MinIO / a test server through ``VOXFLEET_S3_ENDPOINT_URL``), via boto3."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import MissingInput, PermanentStoreError, TransientError
+from shared.settings import Settings
+from shared.store.base import (
+    CHUNK,
+    ObjectInfo,
+    ObjectStore,
+    join,
+    safe_key,
+    sha256_bytes,
+    sha256_file,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+_PERMANENT_S3 = {
+    "AccessDenied",
+    "AllAccessDisabled",
+    "NoSuchBucket",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidBucketName",
+    "AccountProblem",
+}
+_MISSING_S3 = {"NoSuchKey", "404", "NotFound"}
+
+
+@contextlib.contextmanager
+def _s3_errors(what: str) -> Iterator[None]:
+    """Translate botocore failures into our tree: missing, permanent, or transient."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
+
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _MISSING_S3:
+            raise MissingInput(f"not found: {what}") from None
+        if code in _PERMANENT_S3 or status in (401, 403):
+            raise PermanentStoreError(f"S3 refused {what}: {code}") from None
+        if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+            raise TransientError(f"S3 error on {what}: {code} (HTTP {status})") from exc
+        raise PermanentStoreError(f"S3 error on {what}: {code} (HTTP {status})") from None
+    except NoCredentialsError:
+        raise PermanentStoreError(f"no AWS credentials for {what}") from None
+    except (EndpointConnectionError, ConnectionError) as exc:
+        raise TransientError(f"S3 unreachable for {what}: {type(exc).__name__}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"S3 client error on {what}: {type(exc).__name__}") from exc
+
+
+class S3Store(ObjectStore):
+    def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = settings.s3_endpoint_url
+        self.region = settings.s3_region
+        self.max_attempts = settings.s3_max_attempts
+        self.multipart_threshold = settings.s3_multipart_threshold
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._client: S3Client | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None  # boto3 clients do not pickle; each process makes its own
+        return state
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=self.region,
+                config=Config(
+                    retries={"mode": "standard", "max_attempts": self.max_attempts},
+                    s3={"addressing_style": "path"} if self.endpoint_url else None,
+                    connect_timeout=10,
+                    read_timeout=120,
+                ),
+            )
+        return self._client
+
+    def _transfer_config(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=self.multipart_threshold, multipart_chunksize=CHUNK * 2
+        )
+
+    def child(self, prefix: str) -> S3Store:
+        clone = S3Store.__new__(S3Store)
+        clone.__dict__.update(self.__getstate__())
+        clone.prefix = join(self.prefix, safe_key(prefix))
+        clone.uri = f"s3://{self.bucket}/{clone.prefix}"
+        clone._client = self._client
+        return clone
+
+    def _key(self, key: str) -> str:
+        return join(self.prefix, safe_key(key))
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        with _s3_errors(self.uri_for(key)):
+            if len(data) > self.multipart_threshold:
+                self.client.upload_fileobj(
+                    io.BytesIO(data), self.bucket, self._key(key), Config=self._transfer_config()
+                )
+            else:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        return ObjectInfo(safe_key(key), len(data), sha256_bytes(data))
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        with _s3_errors(self.uri_for(key)):
+            self.client.upload_file(
+                str(path), self.bucket, self._key(key), Config=self._transfer_config()
+            )
+        return ObjectInfo(safe_key(key), path.stat().st_size, sha256_file(path))
+
+    def get_bytes(self, key: str) -> bytes:
+        with _s3_errors(self.uri_for(key)):
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))[
+                "Body"
+            ].read()
+            return body
+
+    def get_file(self, key: str, dest: Path) -> Path:
+        with _s3_errors(self.uri_for(key)):
+            self.client.download_file(
+                self.bucket, self._key(key), str(dest), Config=self._transfer_config()
+            )
+        return dest
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except MissingInput:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        with _s3_errors(self.uri_for(key)):
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return int(head["ContentLength"])
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        full = join(self.prefix, safe_key(prefix)) if prefix else self.prefix
+        start = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _s3_errors(f"s3://{self.bucket}/{full}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{full}/" if full else ""):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][start:]
+
+    def children(self, prefix: str = "") -> builtins.list[str]:
+        full = join(self.prefix, safe_key(prefix)) if prefix else self.prefix
+        paginator = self.client.get_paginator("list_objects_v2")
+        names: builtins.list[str] = []
+        with _s3_errors(f"s3://{self.bucket}/{full}"):
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=f"{full}/" if full else "", Delimiter="/"
+            ):
+                for common in page.get("CommonPrefixes", []):
+                    names.append(common["Prefix"].rstrip("/").rsplit("/", 1)[-1])
+        return sorted(names)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            with _s3_errors(self.uri_for(key)):
+                try:
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                    )
+                except ClientError as exc:
+                    code = str(exc.response.get("Error", {}).get("Code", ""))
+                    if code == "PreconditionFailed":
+                        return False
+                    raise
+        except TransientError:
+            # A retried conditional PUT whose first try landed answers 412 or 409; either way
+            # the object may now exist, and only its content tells whose it is.
+            if self.exists(key) and self.get_bytes(key) == data:
+                return True
+            raise
+        return True
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [self._key(k) for k in self.list(prefix)]
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            with _s3_errors(f"s3://{self.bucket}/{join(self.prefix, prefix)}"):
+                self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+        return len(keys)
