@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+import dask
 from distributed import Client, LocalCluster
 
 from cluster.base import ClusterBackend
@@ -12,6 +13,14 @@ from shared.jobspec import ClusterSize
 from shared.settings import Settings
 
 WORKER_DEATH_TIMEOUT_S = 30
+# Dask's defaults suit an interactive dashboard: a system monitor every 0.5 s and a sampling
+# profiler cost an idle 2-worker cluster ~6 CPU s a minute, charged to every job. A batch
+# cluster needs neither at that rate (measured in docs/benchmarks.md, tractography).
+QUIET_DASK = {
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.profile.enabled": False,
+    "distributed.worker.memory.monitor-interval": "1s",
+}
 
 
 class LocalBackend(ClusterBackend):
@@ -33,7 +42,13 @@ class LocalBackend(ClusterBackend):
         )
 
     def _start(self) -> Client:
-        self.cluster = LocalCluster(
+        # Nannies copy the config they are created under into their workers.
+        with dask.config.set(QUIET_DASK):
+            self.cluster = self._make_cluster()
+        return Client(self.cluster)
+
+    def _make_cluster(self) -> LocalCluster:
+        return LocalCluster(
             n_workers=self.n_workers,
             threads_per_worker=self.size.threads,
             processes=True,
@@ -46,7 +61,6 @@ class LocalBackend(ClusterBackend):
             # instead of spinning on reconnects as an orphan.
             death_timeout=WORKER_DEATH_TIMEOUT_S,
         )
-        return Client(self.cluster)
 
     def _stop(self) -> None:
         if self.cluster is not None:
