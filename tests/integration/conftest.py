@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from producer.synth.hcp import write_subject
 
 from producer.server import EmbeddedRedis
+from producer.synth.hcp import write_subject
 from shared.store import LocalStore
 from tests.integration.harness import consumer_env, running_consumer
 
