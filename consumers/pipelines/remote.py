@@ -56,6 +56,7 @@ def gather_all(client: Any, futures: Sequence[Any], labels: Sequence[str]) -> li
     """The results of ``futures`` in order; on the first failure, cancel the others and raise
     ``classify(...)`` naming the task by its label."""
     from distributed import as_completed
+    from distributed.client import FutureCancelledError
 
     if len(labels) != len(futures):
         raise ValueError("one label per future")
@@ -69,7 +70,10 @@ def gather_all(client: Any, futures: Sequence[Any], labels: Sequence[str]) -> li
                 raise classify(exc, labels[i]) from exc
             if future.status == "cancelled":
                 raise ClusterError(f"{labels[i]} was cancelled (the cluster is going away?)")
-            results[i] = future.result()
+            try:
+                results[i] = future.result()
+            except FutureCancelledError:
+                raise ClusterError(f"{labels[i]}: its result was lost with its worker") from None
     except BaseException:
         # Stop the rest of the work on a cluster that may outlive this job (a shared one).
         client.cancel(list(futures))
@@ -98,6 +102,7 @@ def map_scattered(
     costs a few tasks' time, not the job. Task errors are classified as in ``gather_all``.
     """
     from distributed import as_completed
+    from distributed.client import FutureCancelledError
 
     if len(labels) != len(parts):
         raise ValueError("one label per part")
@@ -121,7 +126,11 @@ def map_scattered(
                     exc = future.exception()
                     raise classify(exc, labels[i]) from exc
                 else:
-                    results[i] = future.result()
+                    try:
+                        results[i] = future.result()
+                    except FutureCancelledError:
+                        # Finished, but its result lived on the worker that just died.
+                        lost.append(i)
         except BaseException:
             client.cancel(futures)
             raise
