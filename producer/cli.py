@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 synth_app = typer.Typer(
-    help="Generate synthetic inputs (HCP-layout subjects).", no_args_is_help=True
+    help="Generate synthetic inputs (HCP-layout subjects, fiber phantoms).", no_args_is_help=True
 )
 app.add_typer(synth_app, name="synth")
 app.add_typer(campaign_app, name="campaign")
@@ -124,6 +124,39 @@ def synth_hcp(
     console.print(
         f"wrote {len(ids)} subject(s) to {store.uri}: {', '.join(ids[:5])}"
         + (" ..." if len(ids) > 5 else "")
+    )
+
+
+@synth_app.command("fibers")
+@friendly
+def synth_fibers(
+    uri: Annotated[str, typer.Argument(help="The Zarr array to write: a path or s3://...zarr.")],
+    shape: Annotated[int, typer.Option(min=8, max=2048, help="Side of the cubic volume.")] = 256,
+    fibers: Annotated[
+        int | None, typer.Option(min=0, help="How many fibers (default: reach --volume-fraction).")
+    ] = None,
+    volume_fraction: Annotated[
+        float, typer.Option(min=0.01, max=0.6, help="Target fiber volume fraction.")
+    ] = 0.35,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+) -> None:
+    """Write a micro-CT phantom of a fiber composite (uint16 Zarr v3) and, beside it, its
+    ground-truth mask (``NAME_truth.zarr``)."""
+    from rich.progress import Progress
+
+    from producer.synth.fibers import PhantomSpec, write_phantom
+
+    spec = PhantomSpec(
+        shape=(shape, shape, shape), fibers=fibers, volume_fraction=volume_fraction, seed=seed
+    )
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"writing a {shape}^3 phantom", total=shape)
+        phantom = write_phantom(
+            uri, spec, get_settings(), progress=lambda n: progress.update(task, advance=n)
+        )
+    console.print(
+        f"wrote {uri}: {len(phantom.fibers)} fibers, volume fraction "
+        f"{phantom.volume_fraction:.4f}; ground truth at {phantom.info['truth_uri']}"
     )
 
 

@@ -152,11 +152,111 @@ class TractographyParams(PipelineParams):
         return self
 
 
+def _numbers(value: Any) -> Any:
+    # `--param sigmas=1,2` arrives as the string "1,2" (not JSON); accept it.
+    if isinstance(value, str):
+        try:
+            return [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("expected numbers separated by commas, e.g. 1,2") from None
+    return value
+
+
+class MicrostructureParams(PipelineParams):
+    """ITK Hessian-objectness fiber segmentation of a 3D Zarr volume (micro-CT), written as an
+    OME-Zarr image with a label image. Sigmas and halos are in voxels."""
+
+    version: ClassVar[str] = "1"
+    input_marker: ClassVar[str] = "zarr.json"
+    sigmas: tuple[float, ...] = Field(
+        default=(1.0, 2.0),
+        min_length=1,
+        max_length=6,
+        description="Hessian scales (voxels); several: the voxel-wise maximum over scales.",
+    )
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        le=10,
+        description="Objectness plate-vs-tube weight (small: the "
+        "whole fiber cross-section responds, not only its centre line).",
+    )
+    beta: float = Field(default=1.0, gt=0, le=10, description="Objectness blob-vs-tube weight.")
+    gamma: float | None = Field(
+        default=None,
+        gt=0,
+        description="Objectness structureness, intensity units; None = "
+        "gamma_noise x the noise of an input sample (robust, from neighbour differences).",
+    )
+    gamma_noise: float = Field(default=0.6, gt=0, le=100, description="See gamma.")
+    bright_fibers: bool = Field(default=True, description="Fibers brighter than the matrix.")
+    threshold: float | Literal["otsu"] = Field(
+        default=0.1,
+        description="Objectness above this is fiber (objectness is in [0, 1]); "
+        "'otsu': Otsu's threshold of a strided sample of the objectness.",
+    )
+    min_fiber_voxels: int = Field(
+        default=100, ge=1, description="Components smaller than this are not counted as fibers."
+    )
+    orientation: bool = Field(default=True, description="Measure the mean fiber direction.")
+    chunk_shape: tuple[int, int, int] | None = Field(
+        default=None, description="Compute chunk (z, y, x); None = chosen for the halo."
+    )
+    halo: int | None = Field(
+        default=None, ge=0, le=512, description="Voxels of context per side; None = 9 x max sigma."
+    )
+    boundary: Literal["none", "reflect"] = Field(
+        default="none",
+        description="Volume faces: 'none' = ITK's own border handling (equals "
+        "a whole-volume call); 'reflect' = mirrored halos (what SC20 did).",
+    )
+    voxel_size: tuple[float, float, float] | None = Field(
+        default=None,
+        description="(z, y, x) in micrometres; None = the input's 'voxel_size' "
+        "attribute, else 1 (unitless).",
+    )
+    qc: bool = Field(default=True, description="Write the orthogonal-slices QC PNG.")
+
+    @field_validator("sigmas", "chunk_shape", "voxel_size", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _numbers(value)
+
+    @field_validator("sigmas")
+    @classmethod
+    def _sigmas(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.5 <= s <= 32 for s in value):
+            raise ValueError("sigmas must be between 0.5 and 32 voxels")
+        return tuple(sorted(set(value)))  # the same scales give the same job key
+
+    @field_validator("chunk_shape")
+    @classmethod
+    def _chunks(cls, value: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if value is not None and any(not 1 <= c <= 4096 for c in value):
+            raise ValueError("chunk sides must be between 1 and 4096")
+        return value
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _voxels(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if value is not None and any(not 0 < v < 1e6 for v in value):
+            raise ValueError("voxel sizes must be positive (micrometres)")
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and not 0 <= value < 1:
+            raise ValueError("a fixed threshold must be in [0, 1): objectness is in [0, 1]")
+        return value
+
+
 PIPELINE_PARAMS: dict[str, type[PipelineParams]] = {
     "dti": DtiParams,
     "tractography": TractographyParams,
+    "microstructure": MicrostructureParams,
 }
-PipelineName = Literal["dti", "tractography"]
+PipelineName = Literal["dti", "tractography", "microstructure"]
 
 
 def check_id(value: str, what: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.pipelines import dti, tractography
+from consumers.pipelines import dti, microstructure, tractography
 from consumers.pipelines.base import Pipeline
 from shared.errors import InvalidInput
 
@@ -20,6 +20,16 @@ PIPELINES: dict[str, Pipeline] = {
             "dipy.tracking.tracker",
             "dipy.tracking.stopping_criterion",
             "dipy.io.streamline",
+        ),
+    ),
+    "microstructure": Pipeline(
+        load=microstructure.load,
+        run=microstructure.run,
+        # itk_objectness loads ITK's wrappers and sets one ITK thread per worker process.
+        worker_modules=(
+            "consumers.pipelines.microstructure",
+            "consumers.pipelines.itk_objectness",
+            "dask_image.ndmeasure",
         ),
     ),
 }

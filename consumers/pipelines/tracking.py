@@ -31,7 +31,7 @@ from distributed import get_worker
 from nibabel.streamlines.array_sequence import ArraySequence
 from numpy.typing import NDArray
 
-from consumers.pipelines.remote import TASK_RETRIES, gather_all
+from consumers.pipelines.remote import map_scattered
 from shared.jobspec import TractographyParams
 from shared.store import ObjectInfo, ObjectStore
 
@@ -178,10 +178,17 @@ def density_sparse(
     return voxels.astype(np.int64), counts.astype(np.int64)
 
 
+@dataclass(frozen=True)
+class ShardSeeds:
+    """One shard's share of the seeds: what is scattered to the workers, once per shard."""
+
+    index: int
+    start: int  # position of seeds[0] in the whole seed list
+    seeds: NDArray[np.float64]
+
+
 def track_shard(
-    index: int,
-    seeds: NDArray[np.float64],
-    seed_start: int,
+    part: ShardSeeds,
     sh: NDArray[np.float64],
     fa: NDArray[np.float64],
     affine: NDArray[np.float64],
@@ -191,9 +198,9 @@ def track_shard(
 ) -> dict[str, Any]:
     """Runs on a worker: track one shard, save it, put it in the store; return its numbers."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    streamlines = track(seeds, sh, fa, affine, options)
+    streamlines = track(part.seeds, sh, fa, affine, options)
     tractogram = StatefulTractogram(streamlines, header, Space.RASMM)
-    key = shard_key(index, options.output_format)
+    key = shard_key(part.index, options.output_format)
     with tempfile.TemporaryDirectory(prefix="voxfleet-shard-") as tmp:
         path = Path(tmp) / Path(key).name
         # The check refuses points outside the grid, which no reader could place.
@@ -206,8 +213,8 @@ def track_shard(
         where = "local"
     return {
         "key": info.key,
-        "seed_start": seed_start,
-        "seed_stop": seed_start + len(seeds),
+        "seed_start": part.start,
+        "seed_stop": part.start + len(part.seeds),
         "streamlines": len(streamlines),
         "bytes": info.bytes,
         "sha256": info.sha256,
@@ -247,30 +254,26 @@ def track_sharded(
     # Every shard reads the whole volumes: one copy per worker, sent once.
     sh_remote = client.scatter(sh, broadcast=True, hash=False)
     fa_remote = client.scatter(fa, broadcast=True, hash=False)
-    seed_parts = client.scatter([seeds[a:b] for a, b in bounds], hash=False)
-    futures = [
-        client.submit(
-            track_shard,
-            i,
-            part,
-            a,
-            sh_remote,
-            fa_remote,
-            affine,
-            header,
-            options,
-            out,
-            pure=False,
-            retries=TASK_RETRIES,
-        )
-        for i, (part, (a, _)) in enumerate(zip(seed_parts, bounds, strict=True))
-    ]
+    parts = [ShardSeeds(i, a, seeds[a:b]) for i, (a, b) in enumerate(bounds)]
     labels = [
         f"shard {shard_key(i, options.output_format)} (seeds {a}..{b - 1})"
         for i, (a, b) in enumerate(bounds)
     ]
-    results = gather_all(client, futures, labels)
-    del futures, seed_parts, sh_remote, fa_remote
+    # Each shard's seeds travel once, and again only if their worker dies: the shard is then
+    # tracked again elsewhere and rewrites its own key, and the manifest lists that last write.
+    results = map_scattered(
+        client,
+        track_shard,
+        parts,
+        sh_remote,
+        fa_remote,
+        affine,
+        header,
+        options,
+        out,
+        labels=labels,
+    )
+    del sh_remote, fa_remote
 
     busy: dict[str, float] = {}
     cpu: dict[str, float] = {}

@@ -1,0 +1,283 @@
+"""The ``microstructure`` pipeline: fiber segmentation of an X-ray micro-CT volume (Zarr).
+
+``load`` (while the cluster starts) validates the array and reads a small sample of it for the
+objectness ``gamma``. ``run``: ITK objectness chunk by chunk (``map_overlap`` with the halo the
+recursive Gaussian needs, chunks chosen so the halo costs little), one global threshold by
+comparison, connected components across chunks (dask-image), fiber statistics from per-block
+moments, then an OME-Zarr image (the objectness) with the labels as its label image, written
+chunk by chunk by the workers, ``stats.json`` and a QC PNG.
+
+Non-finite voxels (NaN, inf) fail the job (``InvalidInput``): the sample catches most at load,
+every chunk checks its own. Replacing them would bend the Hessian for sigmas around each one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+from dask.base import compute
+from dask.delayed import delayed
+from dask_image import ndmeasure
+from distributed import get_task_stream, wait
+
+from consumers.pipelines import fiber_qc, fiberstats, ngff
+from consumers.pipelines.base import PipelineContext, PipelineResult
+from consumers.pipelines.chunking import ChunkPlan, plan_chunks, task_voxel_budget
+from consumers.pipelines.vesselness import ObjectnessSpec, objectness_block
+from consumers.pipelines.volume import Volume, open_volume
+from consumers.pipelines.zarrstore import ObjectZarrStore
+from shared.errors import InvalidInput
+from shared.jobspec import MicrostructureParams
+
+OUTPUT = "fibers.ome.zarr"
+LABEL_NAME = "fibers"
+OTSU_SAMPLE_VOXELS = 2_000_000  # a strided sample of the objectness this big, at most
+
+
+@dataclass
+class Loaded:
+    volume: Volume
+    spec: ObjectnessSpec
+    gamma: dict[str, Any]
+
+
+def _params(ctx: PipelineContext) -> MicrostructureParams:
+    params = ctx.spec.parameters()
+    if not isinstance(params, MicrostructureParams):
+        raise InvalidInput(f"microstructure pipeline given {type(params).__name__} parameters")
+    return params
+
+
+def load(ctx: PipelineContext) -> Loaded:
+    """Open and validate the array, and fix gamma; runs before any cluster exists."""
+    params = _params(ctx)
+    with ctx.timer.stage("load"):
+        volume = open_volume(ctx.inputs, ctx.settings, voxel_size=params.voxel_size)
+        smallest = min(volume.shape)
+        if 4 * max(params.sigmas) > smallest:
+            raise InvalidInput(
+                f"sigma {max(params.sigmas):g} is too large for a volume of {volume.shape}: "
+                f"the smallest side must be at least 4 sigma ({4 * max(params.sigmas):g})"
+            )
+        if params.gamma is not None:
+            gamma: dict[str, Any] = {"value": params.gamma, "method": "given"}
+        else:
+            noise = fiberstats.noise_sigma(volume.sample)
+            # Noiseless data (a MAD of 0) still needs a positive gamma: a thousandth of the
+            # sample's range, or 1 for a flat sample (whose objectness is 0 anyway).
+            spread = float(np.ptp(np.concatenate([b.ravel() for b in volume.sample]).astype(float)))
+            value = params.gamma_noise * noise["noise"] or spread * 1e-3 or 1.0
+            gamma = {
+                "value": value,
+                "method": f"{params.gamma_noise:g} x noise",
+                "noise": round(noise["noise"], 6),
+                "noise_per_axis": [round(v, 6) for v in noise["per_axis"]],
+                "sample": volume.sample_location,
+            }
+    spec = ObjectnessSpec(
+        sigmas=params.sigmas,
+        alpha=params.alpha,
+        beta=params.beta,
+        gamma=float(gamma["value"]),
+        bright=params.bright_fibers,
+    )
+    return Loaded(volume, spec, gamma)
+
+
+def _workers(client: Any) -> tuple[int, int | None]:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    limits = [w.get("memory_limit") or 0 for w in workers.values()]
+    return max(1, len(workers)), (min(limits) or None) if limits else None
+
+
+def _busy(stream: Any, part_of_key: str) -> dict[str, float]:
+    """Seconds each worker spent computing tasks whose key contains ``part_of_key``."""
+    busy: dict[str, float] = {}
+    for task in stream.data:
+        if part_of_key not in str(task.get("key", "")):
+            continue
+        for part in task.get("startstops", ()):
+            if part.get("action") == "compute":
+                where = str(task.get("worker", "?"))
+                busy[where] = busy.get(where, 0.0) + part["stop"] - part["start"]
+    return {k: round(v, 6) for k, v in sorted(busy.items())}
+
+
+def _raise_task_errors(collection: Any) -> None:
+    """``wait`` does not raise: re-raise the first failed task's own exception."""
+    from distributed import futures_of
+
+    for future in futures_of(collection):
+        if future.status == "error":
+            future.result()
+
+
+def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: Any) -> da.Array:
+    source = da.from_zarr(loaded.volume.array, chunks=plan.dask_chunks)
+    with ctx.timer.stage("vesselness"), get_task_stream(client) as stream:
+        lazy = source.map_overlap(
+            objectness_block,
+            depth=plan.halo,
+            boundary=plan.boundary,
+            trim=True,
+            dtype=np.float32,
+            meta=np.empty((0, 0, 0), dtype=np.float32),
+            spec=loaded.spec,
+            name="objectness",
+        )
+        vessel: da.Array = client.persist(lazy)
+        wait(vessel)
+        _raise_task_errors(vessel)
+    ctx.timer.extra["vesselness_workers_busy_s"] = _busy(stream, "overlap")
+    return vessel
+
+
+def _threshold(vessel: da.Array, params: MicrostructureParams) -> dict[str, Any]:
+    if params.threshold != "otsu":
+        return {"value": float(params.threshold), "method": "given"}
+    stride = max(1, math.ceil((math.prod(vessel.shape) / OTSU_SAMPLE_VOXELS) ** (1 / 3)))
+    sample = vessel[::stride, ::stride, ::stride].compute()
+    return {
+        "value": fiberstats.otsu(sample, (0.0, 1.0)),
+        "method": "otsu",
+        "sample": {"origin": [0, 0, 0], "stride": [stride] * 3, "voxels": int(sample.size)},
+    }
+
+
+def _moments(labels: da.Array, n_labels: int) -> np.ndarray:
+    starts = [np.cumsum((0, *axis[:-1])) for axis in labels.chunks]
+    blocks = labels.to_delayed()
+    tasks = [
+        delayed(fiberstats.block_moments)(
+            blocks[idx], tuple(int(starts[a][i]) for a, i in enumerate(idx))
+        )
+        for idx in np.ndindex(*blocks.shape)
+    ]
+    rows = compute(*tasks)
+    return fiberstats.merge_moments(list(rows), n_labels)
+
+
+def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
+    params = _params(ctx)
+    volume = loaded.volume
+    n_workers, memory = _workers(client)
+    halo = params.halo if params.halo is not None else loaded.spec.halo
+    plan = plan_chunks(
+        volume.shape,
+        halo,
+        n_workers=n_workers,
+        max_task_voxels=task_voxel_budget(memory),
+        requested=params.chunk_shape,
+        boundary=params.boundary,
+    )
+    vessel = _objectness(ctx, loaded, plan, client)
+
+    with ctx.timer.stage("threshold"):
+        threshold = _threshold(vessel, params)
+    with ctx.timer.stage("label"):
+        labels, _ = ndmeasure.label(vessel > threshold["value"])
+        labels = client.persist(labels.astype(np.uint32))
+        wait(labels)
+        _raise_task_errors(labels)
+        n_labels = int(labels.max().compute())
+    with ctx.timer.stage("stats"):
+        moments = _moments(labels, n_labels)
+        stats = fiberstats.fiber_statistics(
+            moments,
+            math.prod(volume.shape),
+            min_fiber_voxels=params.min_fiber_voxels,
+            voxel_size=volume.voxel_size,
+            with_orientation=params.orientation,
+        )
+    with ctx.timer.stage("write"):
+        files, levels = _write_ngff(ctx, volume, plan, vessel, labels)
+
+    summary: dict[str, Any] = {
+        "shape": list(volume.shape),
+        "dtype": str(volume.dtype),
+        "voxel_size": list(volume.voxel_size),
+        "unit": volume.unit,
+        "fibers": stats["fibers"],
+        "components": stats["components"],
+        "volume_fraction": stats["volume_fraction"],
+        "threshold": threshold,
+        "gamma": loaded.gamma,
+        "sigmas": list(loaded.spec.sigmas),
+        "chunking": plan.as_dict(),
+        "orientation": stats.get("orientation"),
+        "output": OUTPUT,
+        "levels": [{"path": lv.path, "shape": list(lv.shape)} for lv in levels],
+    }
+    out_dir = ctx.workdir / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats_path = out_dir / "stats.json"
+    stats_path.write_text(json.dumps({**summary, "statistics": stats}, indent=2))
+    uploads: dict[str, Path] = {"stats.json": stats_path}
+    if params.qc:
+        with ctx.timer.stage("qc"):
+            uploads["qc/fibers.png"] = _qc(ctx, volume, labels, stats, threshold)
+    return PipelineResult(files=files, uploads=uploads, summary=summary)
+
+
+def _write_ngff(
+    ctx: PipelineContext, volume: Volume, plan: ChunkPlan, vessel: da.Array, labels: da.Array
+) -> tuple[list[Any], list[ngff.Level]]:
+    store = ObjectZarrStore(ctx.out.child(OUTPUT))
+    levels = ngff.pyramid(volume.shape, volume.voxel_size)
+    image_arrays, label_arrays = ngff.create(
+        store,
+        levels,
+        image_dtype=np.float32,
+        label_dtype=np.uint32,
+        storage=plan.storage,
+        voxel_size=volume.voxel_size,
+        unit=volume.unit,
+        image_name="objectness",
+        label_name=LABEL_NAME,
+    )
+    tasks = [
+        *ngff.write_tasks(vessel, image_arrays, levels, "mean"),
+        *ngff.write_tasks(labels, label_arrays, levels, "nearest"),
+    ]
+    written = [info for part in compute(*tasks) for info in part]
+    metadata = store.take_written()  # the groups' and arrays' zarr.json, written here
+    files = [
+        type(info)(f"{OUTPUT}/{info.key}", info.bytes, info.sha256)
+        for info in [*metadata, *written]
+    ]
+    return files, levels
+
+
+def _qc(
+    ctx: PipelineContext,
+    volume: Volume,
+    labels: da.Array,
+    stats: dict[str, Any],
+    threshold: dict[str, Any],
+) -> Path:
+    mz, my, mx = fiber_qc.mid_slices(volume.shape)
+    source = da.from_zarr(volume.array)
+    parts = compute(
+        source[mz], source[:, my], source[:, :, mx], labels[mz], labels[:, my], labels[:, :, mx]
+    )
+    title = (
+        f"{ctx.spec.subject}: {stats['fibers']} fibers, volume fraction "
+        f"{stats['volume_fraction']:.3f}, objectness > {threshold['value']:.3g}"
+    )
+    return fiber_qc.save_orthogonal(
+        ctx.workdir / "out" / "qc" / "fibers.png",
+        list(parts[:3]),
+        list(parts[3:]),
+        volume.voxel_size,
+        title,
+    )
+
+
+__all__ = ["OUTPUT", "Loaded", "load", "run", "zarr"]

@@ -1,0 +1,197 @@
+"""OME-Zarr (NGFF 0.5, Zarr v3) output: a multiscale image and a multiscale label image, written
+chunk by chunk from the Dask workers.
+
+The consumer creates the groups, the arrays and the metadata (ome-zarr-py's writers, so the
+metadata is what its reader expects); then one task per storage chunk writes that chunk and
+returns its size and checksum for the manifest. Each dask block is exactly one storage chunk,
+so no two tasks ever write one object.
+
+Pyramid levels halve the axes whose voxels are finest: all of them for isotropic data, only y
+and x while z voxels are at least twice as coarse (per-axis factors, recorded as each level's
+``scale``). The image is averaged (its level-k voxel centre moves by half the footprint, so the
+level also gets a ``translation``); labels are subsampled (a label value must stay a label).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+from dask.delayed import delayed
+from numpy.typing import NDArray
+from ome_zarr.format import FormatV05
+from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+
+from consumers.pipelines.zarrstore import ObjectZarrStore
+from shared.store import ObjectInfo
+
+FORMAT = FormatV05()
+AXES = ("z", "y", "x")
+MIN_LEVEL_SIDE = 32  # stop once the largest side of a level is at most this
+MAX_LEVELS = 10
+
+
+@dataclass(frozen=True)
+class Level:
+    path: str
+    shape: tuple[int, int, int]
+    factors: tuple[int, int, int]  # cumulative downsampling against level 0, per axis
+    step: tuple[int, int, int]  # against the previous level
+
+
+def pyramid(shape: tuple[int, int, int], voxel_size: tuple[float, float, float]) -> list[Level]:
+    levels = [Level("s0", shape, (1, 1, 1), (1, 1, 1))]
+    while max(levels[-1].shape) > MIN_LEVEL_SIDE and len(levels) < MAX_LEVELS:
+        last = levels[-1]
+        size = [v * f for v, f in zip(voxel_size, last.factors, strict=True)]
+        coarsest = max(size)
+        # Halve the axes at least twice as fine as the coarsest; when all are within a factor
+        # of two of each other (isotropic enough), halve them all.
+        step = tuple(2 if s * 2 <= coarsest or max(size) < 2 * min(size) else 1 for s in size)
+        step = tuple(1 if n == 1 else f for n, f in zip(last.shape, step, strict=True))
+        if step == (1, 1, 1):
+            break
+        shape_next = tuple(math.ceil(n / f) for n, f in zip(last.shape, step, strict=True))
+        factors = tuple(a * b for a, b in zip(last.factors, step, strict=True))
+        levels.append(Level(f"s{len(levels)}", shape_next, factors, step))  # type: ignore[arg-type]
+    return levels
+
+
+def _transforms(
+    level: Level, voxel_size: tuple[float, float, float], centred: bool
+) -> list[dict[str, Any]]:
+    scale = [v * f for v, f in zip(voxel_size, level.factors, strict=True)]
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+    if centred and level.factors != (1, 1, 1):
+        shift = [v * (f - 1) / 2 for v, f in zip(voxel_size, level.factors, strict=True)]
+        transforms.append({"type": "translation", "translation": shift})
+    return transforms
+
+
+def _axes(unit: str | None) -> list[dict[str, str]]:
+    return [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in AXES]
+
+
+def _create_multiscale(
+    group: zarr.Group,
+    levels: list[Level],
+    dtype: Any,
+    storage: tuple[int, int, int],
+    voxel_size: tuple[float, float, float],
+    unit: str | None,
+    name: str,
+    centred: bool,
+) -> list[zarr.Array[Any]]:
+    arrays = [
+        group.create_array(
+            level.path,
+            shape=level.shape,
+            chunks=tuple(min(c, n) for c, n in zip(storage, level.shape, strict=True)),
+            dtype=dtype,
+            fill_value=0,
+            dimension_names=AXES,
+            # The store cannot delete; an all-zero chunk is written rather than removed.
+            config={"write_empty_chunks": True},
+        )
+        for level in levels
+    ]
+    datasets = [
+        {"path": level.path, "coordinateTransformations": _transforms(level, voxel_size, centred)}
+        for level in levels
+    ]
+    write_multiscales_metadata(group, datasets, fmt=FORMAT, axes=_axes(unit), name=name)
+    return arrays
+
+
+def create(
+    store: ObjectZarrStore,
+    levels: list[Level],
+    *,
+    image_dtype: Any,
+    label_dtype: Any,
+    storage: tuple[int, int, int],
+    voxel_size: tuple[float, float, float],
+    unit: str | None,
+    image_name: str,
+    label_name: str,
+) -> tuple[list[zarr.Array[Any]], list[zarr.Array[Any]]]:
+    """Groups, arrays and metadata of the image and its label image (no chunk data yet)."""
+    root = zarr.create_group(store, zarr_format=3)
+    image = _create_multiscale(
+        root, levels, image_dtype, storage, voxel_size, unit, image_name, centred=True
+    )
+    labels_group = root.create_group("labels")
+    fibers = labels_group.create_group(label_name)
+    labels = _create_multiscale(
+        fibers, levels, label_dtype, storage, voxel_size, unit, label_name, centred=False
+    )
+    # source: where viewers find the image these labels belong to (the root, two levels up).
+    write_label_metadata(labels_group, label_name, fmt=FORMAT, source={"image": "../../"})
+    return image, labels
+
+
+def downsample_mean(block: NDArray[Any], step: tuple[int, int, int]) -> NDArray[Any]:
+    """Mean over ``step`` footprints; an odd edge repeats its last voxel."""
+    pad = [(0, (-n) % f) for n, f in zip(block.shape, step, strict=True)]
+    data = np.pad(block, pad, mode="edge") if any(p for _, p in pad) else block
+    z, y, x = (n // f for n, f in zip(data.shape, step, strict=True))
+    means = data.reshape(z, step[0], y, step[1], x, step[2]).mean(axis=(1, 3, 5), dtype=np.float64)
+    out: NDArray[Any] = means.astype(block.dtype)
+    return out
+
+
+def downsample_nearest(block: NDArray[Any], step: tuple[int, int, int]) -> NDArray[Any]:
+    out: NDArray[Any] = block[:: step[0], :: step[1], :: step[2]]
+    return out
+
+
+def _next_level(array: da.Array, step: tuple[int, int, int], how: str) -> da.Array:
+    fn = downsample_mean if how == "mean" else downsample_nearest
+    # A footprint must not straddle two blocks: every block but the last even along each
+    # halved axis.
+    even: list[Any] = []
+    for axis, f in zip(array.chunks, step, strict=True):
+        if all(c % f == 0 for c in axis[:-1]):
+            even.append(axis)
+        else:
+            even.append(max(axis) + (-max(axis)) % f)
+    array = array.rechunk(tuple(even))
+    chunks = tuple(
+        tuple(math.ceil(c / f) for c in axis) for axis, f in zip(array.chunks, step, strict=True)
+    )
+    level: da.Array = da.map_blocks(fn, array, step, chunks=chunks, dtype=array.dtype)
+    return level
+
+
+def write_chunk(
+    block: NDArray[Any], target: zarr.Array[Any], coords: tuple[int, ...]
+) -> list[ObjectInfo]:
+    """Runs on a worker: one storage chunk, written whole; returns what the store wrote."""
+    region = tuple(
+        slice(i * c, i * c + n) for i, c, n in zip(coords, target.chunks, block.shape, strict=True)
+    )
+    target[region] = block
+    store = target.store
+    assert isinstance(store, ObjectZarrStore)
+    key = f"{target.path}/{target.metadata.encode_chunk_key(coords)}"
+    return store.take_written([key])
+
+
+def write_tasks(
+    base: da.Array, arrays: list[zarr.Array[Any]], levels: list[Level], how: str
+) -> list[Any]:
+    """Delayed writes of every chunk of every level, from ``base`` (level 0 values)."""
+    tasks: list[Any] = []
+    current = base
+    for level, target in zip(levels, arrays, strict=True):
+        if level.path != "s0":
+            current = _next_level(current, level.step, how)
+        current = current.rechunk(target.chunks)  # one dask block = one storage chunk
+        blocks = current.to_delayed()
+        for coords in np.ndindex(*blocks.shape):
+            tasks.append(delayed(write_chunk)(blocks[coords], target, coords))
+    return tasks

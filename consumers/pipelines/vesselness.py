@@ -1,0 +1,61 @@
+"""Hessian objectness (Frangi-style vesselness for bright tubes) with ITK: its parameters, the
+halo a chunk needs, and the per-chunk function dask calls.
+
+The ITK calls live in ``itk_objectness`` (imported once per worker at cluster start, never by
+the consumer); both the chunked pipeline and the whole-volume reference go through
+``objectness`` here, so they can only differ by the halo.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from shared.errors import InvalidInput
+
+#: Halo per sigma. ITK's recursive Gaussian is an IIR filter whose tails decay like
+#: exp(-1.7 d / sigma), not a kernel cut at a few sigma; and objectness is discontinuous where
+#: eigenvalues swap order, so a tiny Hessian difference can move a voxel a lot. Measured on two
+#: 96^3 phantoms, sigmas (1, 2), 2x2x2 chunks against one call, max |difference| (objectness is
+#: in [0, 1]): 7 sigma 8e-2, 8 sigma 1.3e-4, 9 sigma 3.6e-5, 10 sigma 2.2e-5.
+HALO_PER_SIGMA = 9.0
+
+
+@dataclass(frozen=True)
+class ObjectnessSpec:
+    """Parameters of ITK's HessianToObjectnessMeasureImageFilter (ObjectDimension 1: tubes)."""
+
+    sigmas: tuple[float, ...]  # voxels; more than one: the voxel-wise maximum over scales
+    alpha: float  # plate vs tube (ratio of the two cross-section eigenvalues)
+    beta: float  # blob vs tube
+    gamma: float  # structureness, in intensity units (Hessian normalised by sigma^2)
+    bright: bool = True  # bright fibers on a dark matrix
+
+    @property
+    def halo(self) -> int:
+        return halo_for(self.sigmas)
+
+
+def halo_for(sigmas: tuple[float, ...]) -> int:
+    """Voxels of context a chunk needs on each side to equal the whole-volume result."""
+    return math.ceil(HALO_PER_SIGMA * max(sigmas))
+
+
+def objectness(volume: NDArray[Any], spec: ObjectnessSpec) -> NDArray[np.float32]:
+    """Objectness of a 3D array (z, y, x) in one ITK call per sigma; float32 in [0, 1]."""
+    from consumers.pipelines import itk_objectness  # loaded at worker start; a lookup here
+
+    return itk_objectness.objectness(volume, spec)
+
+
+def objectness_block(block: NDArray[Any], spec: ObjectnessSpec) -> NDArray[np.float32]:
+    """A chunk plus its halo (dask ``map_overlap``). Non-finite input fails the job: any value
+    put in its place would bend the Hessian for sigmas around it, silently."""
+    if block.dtype.kind == "f" and not np.isfinite(block).all():
+        bad = int(block.size - np.count_nonzero(np.isfinite(block)))
+        raise InvalidInput(f"the volume holds NaN or infinite values ({bad} in one chunk)")
+    return objectness(block, spec)
