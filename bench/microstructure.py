@@ -24,41 +24,78 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.harness import Measurement, measure, write_results
-from consumers.runner import Outcome, execute
-from producer.synth.fibers import PhantomSpec, truth_uri, write_phantom
-from shared.jobspec import JobSpec
-from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from consumers.runner import Outcome
+
+# voxfleet's packages are imported inside the functions that need them: ``reference`` runs this
+# file in a fresh process that must pay for ITK, zarr and scipy only.
 
 REFERENCE_CHUNKING = {"chunk_shape": [100, 128, 128], "halo": 32, "boundary": "reflect"}
 
 
+def _itk_objectness(volume: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """ITK alone, as a script would call it: the same filters and settings as the pipeline
+    (and the same four direct wrapper imports; ``import itk`` would add ~20 CPU s of lazy
+    loading to this side only)."""
+    from itk.ITKCommonBasePython import itkMultiThreaderBase
+    from itk.itkHessianRecursiveGaussianImageFilterPython import (
+        itkHessianRecursiveGaussianImageFilterIF3 as Hessian,
+    )
+    from itk.itkHessianToObjectnessMeasureImageFilterPython import (
+        itkHessianToObjectnessMeasureImageFilterISSRTD33IF3 as Objectness,
+    )
+    from itk.itkPyBufferPython import itkPyBufferIF3 as Buffer
+
+    itkMultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)  # CPU seconds compare either way
+    data = np.ascontiguousarray(volume, dtype=np.float32)
+    image = Buffer._GetImageViewFromArray(data, data.shape[::-1], 1)
+    result: np.ndarray | None = None
+    for sigma in params["sigmas"]:
+        hessian = Hessian.New()
+        hessian.SetInput(image)
+        hessian.SetSigma(sigma)
+        hessian.SetNormalizeAcrossScale(True)
+        measure = Objectness.New()
+        measure.SetInput(hessian.GetOutput())
+        measure.SetObjectDimension(1)
+        measure.SetBrightObject(True)
+        measure.SetAlpha(0.05)
+        measure.SetBeta(1.0)
+        measure.SetGamma(params["gamma"])
+        measure.SetScaleObjectnessMeasure(False)
+        measure.Update()
+        view = np.asarray(Buffer._GetArrayViewFromImage(measure.GetOutput()))
+        scale = np.array(view.view(np.float32).reshape(data.shape), copy=True)
+        result = scale if result is None else np.maximum(result, scale)
+    assert result is not None
+    return result
+
+
 def reference(kind: str, volume_path: str, params_json: str, out_dir: str) -> None:
-    """Runs in a fresh process: one of the single-process contenders, stage seconds to stdout."""
+    """Runs in a fresh process (no voxfleet imports): one of the single-process contenders;
+    prints its stage seconds as JSON."""
     import zarr
     from scipy import ndimage
-
-    from consumers.pipelines.fiberstats import otsu
+    from skimage.filters import threshold_otsu
 
     params = json.loads(params_json)
     t0 = time.perf_counter()
     volume = zarr.open_array(volume_path, mode="r")[:]
     t1 = time.perf_counter()
     if kind == "itk":
-        from consumers.pipelines.vesselness import ObjectnessSpec, objectness
-
-        spec = ObjectnessSpec(tuple(params["sigmas"]), 0.05, 1.0, params["gamma"])
-        response = objectness(volume, spec)
+        response = _itk_objectness(volume, params)
         threshold = params["threshold"]
     else:
         from skimage.filters import sato
 
         response = sato(volume.astype(np.float32), sigmas=params["sigmas"], black_ridges=False)
-        threshold = otsu(response[::4, ::4, ::4])
+        threshold = float(threshold_otsu(response[::4, ::4, ::4]))
     t2 = time.perf_counter()
     labels, count = ndimage.label(response > threshold)
     sizes = np.bincount(labels.ravel())
@@ -84,9 +121,10 @@ def reference(kind: str, volume_path: str, params_json: str, out_dir: str) -> No
 
 
 def _run_reference(kind: str, volume: Path, params: dict[str, Any], out: Path) -> dict[str, Any]:
-    code = "import sys; from bench.microstructure import reference; reference(*sys.argv[1:])"
+    # bench/ is a plain folder: run this file's function without importing voxfleet packages.
+    code = "import sys, runpy; ns = runpy.run_path(sys.argv[1]); ns['reference'](*sys.argv[2:])"
     done = subprocess.run(
-        [sys.executable, "-c", code, kind, str(volume), json.dumps(params), str(out)],
+        [sys.executable, "-c", code, __file__, kind, str(volume), json.dumps(params), str(out)],
         capture_output=True,
         text=True,
         check=True,
@@ -96,6 +134,10 @@ def _run_reference(kind: str, volume: Path, params: dict[str, Any], out: Path) -
 
 
 def _job(volume: Path, results: Path, params: dict[str, Any]) -> tuple[Outcome, Measurement]:
+    from consumers.runner import execute
+    from shared.jobspec import JobSpec
+    from shared.settings import Settings
+
     spec = JobSpec(
         pipeline="microstructure",
         input_uri=str(volume),
@@ -115,8 +157,29 @@ def _dice(labels_path: Path, truth: np.ndarray) -> float:
     return round(float(2 * np.count_nonzero(seg & truth) / (seg.sum() + truth.sum())), 4)
 
 
+def _equality(ours: Path, root: Path, halo: int) -> dict[str, Any]:
+    """Our chunked objectness and segmentation against the whole-volume ITK run's."""
+    import zarr
+
+    mine = zarr.open_array(str(ours / "s0"), mode="r")[:]
+    theirs = zarr.open_array(str(root / "itk_response.zarr"), mode="r")[:]
+    inner = (slice(halo, -halo),) * 3
+    scale = float(np.abs(theirs).max()) or 1.0
+    seg = zarr.open_array(str(ours / "labels/fibers/s0"), mode="r")[:] > 0
+    their_seg = zarr.open_array(str(root / "itk_labels.zarr"), mode="r")[:] > 0
+    return {
+        "interior_max_rel_diff": float(np.abs(mine - theirs)[inner].max() / scale),
+        "max_rel_diff": float(np.abs(mine - theirs).max() / scale),
+        "segmentation_voxels_differing": int(np.count_nonzero(seg != their_seg)),
+    }
+
+
 def main(options: list[str]) -> dict[str, Any]:
     import zarr
+
+    import consumers.pipelines  # noqa: F401 - the consumer's own imports, before measuring
+    from producer.synth.fibers import PhantomSpec, truth_uri, write_phantom
+    from shared.settings import Settings
 
     opts = dict(o.lstrip("-").split("=", 1) for o in options if "=" in o)
     size = int(opts.get("size", 384))
@@ -144,6 +207,7 @@ def main(options: list[str]) -> dict[str, Any]:
         job_dir = Path(ours.manifest_uri).parent
         attempt = next(p for p in job_dir.iterdir() if p.is_dir())
         ours_dice = _dice(attempt / "fibers.ome.zarr/labels/fibers/s0", truth)
+        equality = _equality(attempt / "fibers.ome.zarr", root, summary["chunking"]["halo"])
         itk_dice = _dice(root / "itk_labels.zarr", truth)
         sato_dice = _dice(root / "sato_labels.zarr", truth)
 
@@ -165,6 +229,7 @@ def main(options: list[str]) -> dict[str, Any]:
         "wall_ratio_vs_itk_whole": round(itk_cost.wall_s / ours_cost.wall_s, 3),
         "wall_ratio_vs_sato": round(sato_cost.wall_s / ours_cost.wall_s, 3),
         "wall_ratio_vs_reference_chunking": round(ref_cost.wall_s / ours_cost.wall_s, 3),
+        "equality_vs_itk_whole": equality,
         "halo_overhead": summary["chunking"]["halo_overhead"],
         "reference_halo_overhead": ref.summary["chunking"]["halo_overhead"],
         "ours": {

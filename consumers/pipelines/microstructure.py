@@ -21,8 +21,6 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-import zarr
-from dask.base import compute
 from dask.delayed import delayed
 from dask_image import ndmeasure
 from distributed import get_task_stream, wait
@@ -35,6 +33,7 @@ from consumers.pipelines.volume import Volume, open_volume
 from consumers.pipelines.zarrstore import ObjectZarrStore
 from shared.errors import InvalidInput
 from shared.jobspec import MicrostructureParams
+from shared.store import ObjectInfo
 
 OUTPUT = "fibers.ome.zarr"
 LABEL_NAME = "fibers"
@@ -139,11 +138,11 @@ def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: A
     return vessel
 
 
-def _threshold(vessel: da.Array, params: MicrostructureParams) -> dict[str, Any]:
+def _threshold(vessel: da.Array, params: MicrostructureParams, client: Any) -> dict[str, Any]:
     if params.threshold != "otsu":
         return {"value": float(params.threshold), "method": "given"}
     stride = max(1, math.ceil((math.prod(vessel.shape) / OTSU_SAMPLE_VOXELS) ** (1 / 3)))
-    sample = vessel[::stride, ::stride, ::stride].compute()
+    sample = client.compute(vessel[::stride, ::stride, ::stride]).result()
     return {
         "value": fiberstats.otsu(sample, (0.0, 1.0)),
         "method": "otsu",
@@ -151,7 +150,7 @@ def _threshold(vessel: da.Array, params: MicrostructureParams) -> dict[str, Any]
     }
 
 
-def _moments(labels: da.Array, n_labels: int) -> np.ndarray:
+def _moments(labels: da.Array, n_labels: int, client: Any) -> np.ndarray:
     starts = [np.cumsum((0, *axis[:-1])) for axis in labels.chunks]
     blocks = labels.to_delayed()
     tasks = [
@@ -160,7 +159,7 @@ def _moments(labels: da.Array, n_labels: int) -> np.ndarray:
         )
         for idx in np.ndindex(*blocks.shape)
     ]
-    rows = compute(*tasks)
+    rows = client.gather(client.compute(tasks))
     return fiberstats.merge_moments(list(rows), n_labels)
 
 
@@ -180,15 +179,15 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     vessel = _objectness(ctx, loaded, plan, client)
 
     with ctx.timer.stage("threshold"):
-        threshold = _threshold(vessel, params)
+        threshold = _threshold(vessel, params, client)
     with ctx.timer.stage("label"):
         labels, _ = ndmeasure.label(vessel > threshold["value"])
         labels = client.persist(labels.astype(np.uint32))
         wait(labels)
         _raise_task_errors(labels)
-        n_labels = int(labels.max().compute())
+        n_labels = int(client.compute(labels.max()).result())
     with ctx.timer.stage("stats"):
-        moments = _moments(labels, n_labels)
+        moments = _moments(labels, n_labels, client)
         stats = fiberstats.fiber_statistics(
             moments,
             math.prod(volume.shape),
@@ -197,7 +196,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
             with_orientation=params.orientation,
         )
     with ctx.timer.stage("write"):
-        files, levels = _write_ngff(ctx, volume, plan, vessel, labels)
+        files, levels = _write_ngff(ctx, volume, plan, vessel, labels, client)
 
     summary: dict[str, Any] = {
         "shape": list(volume.shape),
@@ -222,13 +221,18 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     uploads: dict[str, Path] = {"stats.json": stats_path}
     if params.qc:
         with ctx.timer.stage("qc"):
-            uploads["qc/fibers.png"] = _qc(ctx, volume, labels, stats, threshold)
+            uploads["qc/fibers.png"] = _qc(ctx, volume, labels, stats, threshold, client)
     return PipelineResult(files=files, uploads=uploads, summary=summary)
 
 
 def _write_ngff(
-    ctx: PipelineContext, volume: Volume, plan: ChunkPlan, vessel: da.Array, labels: da.Array
-) -> tuple[list[Any], list[ngff.Level]]:
+    ctx: PipelineContext,
+    volume: Volume,
+    plan: ChunkPlan,
+    vessel: da.Array,
+    labels: da.Array,
+    client: Any,
+) -> tuple[list[ObjectInfo], list[ngff.Level]]:
     store = ObjectZarrStore(ctx.out.child(OUTPUT))
     levels = ngff.pyramid(volume.shape, volume.voxel_size)
     image_arrays, label_arrays = ngff.create(
@@ -246,10 +250,10 @@ def _write_ngff(
         *ngff.write_tasks(vessel, image_arrays, levels, "mean"),
         *ngff.write_tasks(labels, label_arrays, levels, "nearest"),
     ]
-    written = [info for part in compute(*tasks) for info in part]
+    written = [info for part in client.gather(client.compute(tasks)) for info in part]
     metadata = store.take_written()  # the groups' and arrays' zarr.json, written here
     files = [
-        type(info)(f"{OUTPUT}/{info.key}", info.bytes, info.sha256)
+        ObjectInfo(f"{OUTPUT}/{info.key}", info.bytes, info.sha256)
         for info in [*metadata, *written]
     ]
     return files, levels
@@ -261,12 +265,19 @@ def _qc(
     labels: da.Array,
     stats: dict[str, Any],
     threshold: dict[str, Any],
+    client: Any,
 ) -> Path:
     mz, my, mx = fiber_qc.mid_slices(volume.shape)
     source = da.from_zarr(volume.array)
-    parts = compute(
-        source[mz], source[:, my], source[:, :, mx], labels[mz], labels[:, my], labels[:, :, mx]
-    )
+    slices = [
+        source[mz],
+        source[:, my],
+        source[:, :, mx],
+        labels[mz],
+        labels[:, my],
+        labels[:, :, mx],
+    ]
+    parts = client.gather(client.compute(slices))
     title = (
         f"{ctx.spec.subject}: {stats['fibers']} fibers, volume fraction "
         f"{stats['volume_fraction']:.3f}, objectness > {threshold['value']:.3g}"
@@ -280,4 +291,4 @@ def _qc(
     )
 
 
-__all__ = ["OUTPUT", "Loaded", "load", "run", "zarr"]
+__all__ = ["OUTPUT", "Loaded", "load", "run"]
