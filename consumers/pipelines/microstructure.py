@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,21 @@ def _busy(stream: Any, part_of_key: str) -> dict[str, float]:
     return {k: round(v, 6) for k, v in sorted(busy.items())}
 
 
+def process_cpu_s() -> float:
+    """CPU seconds of the calling process (run on each worker): busy seconds are wall time,
+    which other jobs on a shared machine inflate; CPU seconds are the work done."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def _workers_cpu(client: Any) -> dict[str, float]:
+    return {str(k): float(v) for k, v in client.run(process_cpu_s).items()}
+
+
+def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 6) for k in sorted(after)}
+
+
 def _raise_task_errors(collection: Any) -> None:
     """``wait`` does not raise: re-raise the first failed task's own exception."""
     from distributed import futures_of
@@ -120,6 +136,7 @@ def _raise_task_errors(collection: Any) -> None:
 
 def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: Any) -> da.Array:
     source = da.from_zarr(loaded.volume.array, chunks=plan.dask_chunks)
+    cpu0 = _workers_cpu(client)
     with ctx.timer.stage("vesselness"), get_task_stream(client) as stream:
         lazy = source.map_overlap(
             objectness_block,
@@ -135,6 +152,7 @@ def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: A
         wait(vessel)
         _raise_task_errors(vessel)
     ctx.timer.extra["vesselness_workers_busy_s"] = _busy(stream, "overlap")
+    ctx.timer.extra["vesselness_workers_cpu_s"] = _cpu_delta(cpu0, _workers_cpu(client))
     return vessel
 
 
@@ -176,6 +194,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         requested=params.chunk_shape,
         boundary=params.boundary,
     )
+    start_cpu = _workers_cpu(client)
     vessel = _objectness(ctx, loaded, plan, client)
 
     with ctx.timer.stage("threshold"):
@@ -222,6 +241,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     if params.qc:
         with ctx.timer.stage("qc"):
             uploads["qc/fibers.png"] = _qc(ctx, volume, labels, stats, threshold, client)
+    ctx.timer.extra["workers_cpu_s"] = _cpu_delta(start_cpu, _workers_cpu(client))
     return PipelineResult(files=files, uploads=uploads, summary=summary)
 
 

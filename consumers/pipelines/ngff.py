@@ -25,6 +25,7 @@ from dask.delayed import delayed
 from numpy.typing import NDArray
 from ome_zarr.format import FormatV05
 from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+from zarr.codecs import ZstdCodec
 
 from consumers.pipelines.zarrstore import ObjectZarrStore
 from shared.store import ObjectInfo
@@ -93,6 +94,9 @@ def _create_multiscale(
             chunks=tuple(min(c, n) for c, n in zip(storage, level.shape, strict=True)),
             dtype=dtype,
             fill_value=0,
+            # Level 1: a third less CPU than zarr's default level for ~3% larger chunks
+            # (measured on objectness and label volumes).
+            compressors=ZstdCodec(level=1),
             dimension_names=AXES,
             # The store cannot delete; an all-zero chunk is written rather than removed.
             config={"write_empty_chunks": True},
