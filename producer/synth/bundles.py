@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import itertools
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.streamlines import Tractogram, TrkFile
+from nibabel.streamlines.tractogram import Tractogram
+from nibabel.streamlines.trk import TrkFile
 from nibabel.streamlines.array_sequence import ArraySequence
 
 from shared.manifest import MANIFEST, Manifest
@@ -91,7 +93,7 @@ def write_tractography_result(
     ``results`` (``{subject}/tractography/{key}``); the key is a digest of the content, so the
     same streamlines always land at the same prefix (and commit once)."""
     bounds = np.linspace(0, len(streamlines), shards + 1).astype(int)
-    blobs = [trk_bytes(streamlines[a:b], header) for a, b in zip(bounds, bounds[1:], strict=False)]
+    blobs = [trk_bytes(streamlines[a:b], header) for a, b in itertools.pairwise(bounds)]
     key = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blobs)).hexdigest()
     prefix = f"{subject}/tractography/{key[:16]}"
     job = results.child(prefix)
