@@ -20,9 +20,9 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.streamlines.array_sequence import ArraySequence
 from nibabel.streamlines.tractogram import Tractogram
 from nibabel.streamlines.trk import TrkFile
-from nibabel.streamlines.array_sequence import ArraySequence
 
 from shared.manifest import MANIFEST, Manifest
 from shared.store import ObjectInfo, ObjectStore
