@@ -60,7 +60,7 @@ class Ledger:
         if not raw:
             return None
         record: dict[str, Any] = dict(raw)
-        for name in ("timing", "spec", "summary"):
+        for name in ("timing", "spec", "summary", "followups"):
             if name in record:
                 record[name] = json.loads(record[name])
         return record

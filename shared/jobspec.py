@@ -132,9 +132,12 @@ class TractographyParams(PipelineParams):
         max_length=1024,
         description="Atlas URI: on success, enqueue a `bundles` job over this result with it.",
     )
+    bundles_params: dict[str, Any] | None = Field(
+        default=None, description="Parameters of that follow-up job (BundlesParams, JSON)."
+    )
     # Where the streamlines go next does not change them: the key (and every committed
     # tractography result) stays the same with or without a follow-up.
-    key_excludes: ClassVar[frozenset[str]] = frozenset({"bundles_atlas"})
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"bundles_atlas", "bundles_params"})
 
     @field_validator("wm_labels", mode="before")
     @classmethod
@@ -166,7 +169,22 @@ class TractographyParams(PipelineParams):
     def _lengths(self) -> TractographyParams:
         if self.min_len >= self.max_len:
             raise ValueError(f"min_len ({self.min_len}) must be below max_len ({self.max_len})")
+        if self.bundles_params is not None and self.bundles_atlas is None:
+            raise ValueError("bundles_params needs bundles_atlas")
+        self.followup_params()  # a bad follow-up fails at enqueue, not after the tracking
         return self
+
+    def followup_params(self) -> BundlesParams | None:
+        """The ``bundles`` job to enqueue when this one succeeds, if any."""
+        if self.bundles_atlas is None:
+            return None
+        extra = self.bundles_params or {}
+        if "atlas" in extra:
+            raise ValueError("give the atlas as bundles_atlas, not inside bundles_params")
+        try:
+            return BundlesParams(atlas=self.bundles_atlas, **extra)
+        except ValidationError as exc:
+            raise ValueError(f"bundles follow-up: {describe(exc)}") from None
 
 
 def _numbers(value: Any) -> Any:
