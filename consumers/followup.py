@@ -55,16 +55,6 @@ def enqueue(app: Celery, ledger: Ledger, specs: list[JobSpec], queue: str) -> li
         if ledger.get(spec.job_id) is not None:
             log.info("follow-up %s already exists; not sent again", spec.job_id)
             continue
-        ledger.record(
-            spec.job_id,
-            "queued",
-            pipeline=spec.pipeline,
-            subject=spec.subject,
-            input_uri=spec.input_uri,
-            results_uri=spec.results_uri,
-            job_key=spec.key,
-            campaign=spec.campaign,
-            spec=spec.to_message(),
-        )
+        ledger.record_queued(spec)
         app.send_task(TASK_NAME, args=[spec.to_message()], task_id=spec.job_id, queue=queue)
     return [spec.job_id for spec in specs]
