@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from consumers.pipelines import atlas as atlas_io
-from consumers.pipelines import recognition
+from consumers.pipelines import bundle_inputs, recognition
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.remote import map_scattered
 from shared.errors import InvalidInput
@@ -33,8 +32,8 @@ from shared.manifest import Manifest
 @dataclass
 class Loaded:
     manifest: Manifest
-    tractogram: atlas_io.Tractogram
-    atlas: atlas_io.Atlas
+    tractogram: bundle_inputs.Tractogram
+    atlas: bundle_inputs.Atlas
 
 
 def _params(ctx: PipelineContext) -> BundlesParams:
@@ -48,23 +47,23 @@ def check(ctx: PipelineContext) -> None:
     """Listings and the manifest only, before any cluster starts: a missing or uncommitted
     result, or an atlas with no model bundles, fails here in one line."""
     params = _params(ctx)
-    atlas_io.committed_tractography(ctx.spec.input_uri, ctx.settings)
-    atlas_io.list_atlas(params.atlas, ctx.settings)
+    bundle_inputs.committed_tractography(ctx.spec.input_uri, ctx.settings)
+    bundle_inputs.list_atlas(params.atlas, ctx.settings)
 
 
 def load(ctx: PipelineContext) -> Loaded:
     params = _params(ctx)
     with ctx.timer.stage("load"):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        manifest = atlas_io.committed_tractography(ctx.spec.input_uri, ctx.settings)
-        listing = atlas_io.list_atlas(params.atlas, ctx.settings)
-        tractogram = atlas_io.download_tractography(ctx.inputs, manifest, ctx.workdir)
-        atlas = atlas_io.download_atlas(listing, ctx.settings, ctx.workdir)
+        manifest = bundle_inputs.committed_tractography(ctx.spec.input_uri, ctx.settings)
+        listing = bundle_inputs.list_atlas(params.atlas, ctx.settings)
+        tractogram = bundle_inputs.download_tractography(ctx.inputs, manifest, ctx.workdir)
+        atlas = bundle_inputs.download_atlas(listing, ctx.settings, ctx.workdir)
     return Loaded(manifest, tractogram, atlas)
 
 
 def register(
-    streamlines: Any, atlas: atlas_io.Atlas, params: BundlesParams
+    streamlines: Any, atlas: bundle_inputs.Atlas, params: BundlesParams
 ) -> tuple[Any, NDArray[np.float64]]:
     """The subject's streamlines moved into atlas space (dipy's ``whole_brain_slr``) and the
     4x4 matrix that did it; identity when registration is off."""
