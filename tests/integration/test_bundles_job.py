@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("consumer")
 FOLLOWUP = {"slr_transform": "similarity", "slr_progressive": False, "slr_min_cluster": 5}
 
 
+@pytest.mark.timeout(900)  # two jobs, two cluster starts: minutes on a loaded 2-core machine
 def test_tractography_chains_into_bundles(
     subject_dir: Path, bucket: str, s3_endpoint: str, settings: Settings
 ) -> None:
@@ -44,12 +45,12 @@ def test_tractography_chains_into_bundles(
     )
     assert spec.key == plain.key
     submit([spec], settings)
-    tract = wait_for([spec.job_id], settings, timeout_s=300)[spec.job_id]
+    tract = wait_for([spec.job_id], settings, timeout_s=600)[spec.job_id]
     assert tract["state"] == "done", tract
     assert tract["followups"] == [f"{spec.job_id}-bundles"]
 
     follow_id = tract["followups"][0]
-    record = wait_for([follow_id], settings, timeout_s=300)[follow_id]
+    record = wait_for([follow_id], settings, timeout_s=600)[follow_id]
     assert record["state"] == "done", record
     store = open_store(results, settings)
     tract_prefix = tract["result"].removeprefix(f"{results}/").removesuffix("/manifest.json")
