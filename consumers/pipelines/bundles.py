@@ -36,23 +36,16 @@ class Loaded:
     atlas: bundle_inputs.Atlas
 
 
-def _params(ctx: PipelineContext) -> BundlesParams:
-    params = ctx.spec.parameters()
-    if not isinstance(params, BundlesParams):
-        raise InvalidInput(f"bundles pipeline given {type(params).__name__} parameters")
-    return params
-
-
 def check(ctx: PipelineContext) -> None:
     """Listings and the manifest only, before any cluster starts: a missing or uncommitted
     result, or an atlas with no model bundles, fails here in one line."""
-    params = _params(ctx)
+    params = ctx.params(BundlesParams)
     bundle_inputs.committed_tractography(ctx.spec.input_uri, ctx.settings)
     bundle_inputs.list_atlas(params.atlas, ctx.settings)
 
 
 def load(ctx: PipelineContext) -> Loaded:
-    params = _params(ctx)
+    params = ctx.params(BundlesParams)
     with ctx.timer.stage("load"):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         manifest = bundle_inputs.committed_tractography(ctx.spec.input_uri, ctx.settings)
@@ -116,7 +109,7 @@ def _write_bundle(
 
 
 def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
-    params = _params(ctx)
+    params = ctx.params(BundlesParams)
     subject = loaded.tractogram.streamlines
     with ctx.timer.stage("register"):
         moved, matrix = register(subject, loaded.atlas, params)
