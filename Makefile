@@ -32,10 +32,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Re-pin after changing dependencies in pyproject.toml.
+# Re-pin after changing dependencies in pyproject.toml. requirements.lock (runtime + dev) is
+# what .venv installs; infra/requirements-image.lock (runtime + coiled, no dev tools) is what the
+# container image installs (infra/Dockerfile).
 lock: $(STAMP)
 	$(BIN)/uv pip compile -q --python-version 3.11 --generate-hashes --extra dev \
 		-o requirements.lock pyproject.toml
+	$(BIN)/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--generate-hashes --extra coiled -o infra/requirements-image.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

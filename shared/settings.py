@@ -98,6 +98,15 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="On SIGTERM, how long a consumer lets its job finish."
     )
     max_retries: int = Field(default=5, ge=0, description="Retries of a transient failure.")
+    # Liveness without Celery's remote control (a solo consumer answers none while it runs a
+    # job): `voxfleet worker` rewrites this file, `voxfleet health` checks its age. The image
+    # sets it; None (bare metal default) writes nothing.
+    heartbeat_file: str | None = Field(
+        default=None, description="Consumer heartbeat file (JSON); None disables it."
+    )
+    heartbeat_interval_s: float = Field(
+        default=15.0, gt=0, description="Heartbeat period; stale after 3 periods."
+    )
     retry_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay; doubles.")
     retry_backoff_max_s: float = Field(default=600.0, gt=0)
     state_ttl_s: int = Field(
