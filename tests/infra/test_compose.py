@@ -1,0 +1,121 @@
+"""infra/compose.yaml against the Compose Specification's JSON schema (as vendored by
+check-jsonschema), plus what the schema cannot know: references, files, shutdown timing."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+from importlib.resources import files
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.infra.manifests import INFRA, REPO, compose, compose_env
+
+SCHEMA_PACKAGE = "check_jsonschema.builtin_schemas.vendor"
+SOFT_SHUTDOWN_MARGIN_S = 60  # tearing down the job's Dask cluster and requeueing its message
+
+
+@functools.cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(files(SCHEMA_PACKAGE).joinpath("compose-spec.json").read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _errors(doc: dict[str, Any]) -> list[str]:
+    return [f"{e.json_path}: {e.message}" for e in _validator().iter_errors(doc)]
+
+
+def test_compose_file_is_valid_against_the_compose_spec() -> None:
+    assert _errors(compose()) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("services", "consumer", "stop_grace_periodd"), "420s"),  # misspelt key
+        (("services", "consumer", "command"), {"worker": True}),  # wrong type
+        (("services", "consumer", "depends_on", "redis", "condition"), "service_ready"),  # enum
+    ],
+)
+def test_the_schema_check_rejects_broken_variants(path: tuple[str, ...], value: object) -> None:
+    doc = copy.deepcopy(compose())
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert _errors(doc), f"schema accepted {path} = {value!r}"
+
+
+def test_the_stack_has_every_part() -> None:
+    services = compose()["services"]
+    assert {"redis", "minio", "consumer", "flower", "synth", "producer"} <= set(services)
+    # The producer example is one-shot and opt-in.
+    for name in ("synth", "producer"):
+        assert services[name]["profiles"] == ["example"]
+        assert services[name]["restart"] == "no"
+    assert services["producer"]["command"][:2] == ["campaign", "submit"]
+
+
+def test_depends_on_and_volumes_point_at_things_that_exist() -> None:
+    doc = compose()
+    services, volumes = doc["services"], doc.get("volumes") or {}
+    for name, service in services.items():
+        for dep in service.get("depends_on") or {}:
+            assert dep in services, f"{name} depends on unknown service {dep}"
+        for mount in service.get("volumes") or []:
+            source = mount.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (INFRA / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in volumes, f"{name} mounts undeclared volume {source}"
+    build = services["consumer"]["build"]
+    assert (INFRA / build["context"] / build["dockerfile"]).resolve() == INFRA / "Dockerfile"
+
+
+def test_redis_uses_the_shared_conf_with_a_password_and_a_volume() -> None:
+    redis = compose()["services"]["redis"]
+    mounts = dict(m.split(":")[:2] for m in redis["volumes"])
+    conf_path = redis["command"][1]
+    assert mounts["./redis/redis.conf"] == conf_path  # infra/redis/redis.conf, unmodified
+    assert "/data" in mounts.values()  # the append-only file survives the container
+    assert redis["command"][2] == "--requirepass" and "REDIS_PASSWORD" in redis["command"][3]
+    conf = (INFRA / "redis" / "redis.conf").read_text()
+    assert re.search(r"^appendonly yes$", conf, re.M)
+
+
+def test_consumers_get_longer_to_stop_than_their_soft_shutdown() -> None:
+    consumer = compose()["services"]["consumer"]
+    grace = int(consumer["stop_grace_period"].rstrip("s"))
+    soft = float(consumer["environment"]["VOXFLEET_SOFT_SHUTDOWN_S"])
+    assert grace >= soft + SOFT_SHUTDOWN_MARGIN_S
+
+
+def test_every_voxfleet_container_reaches_redis_and_minio_with_a_password() -> None:
+    env = compose_env()
+    assert set(env) == {"consumer", "synth", "producer"}
+    for name, values in env.items():
+        assert re.fullmatch(
+            r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", values["VOXFLEET_BROKER_URL"]
+        ), name
+        assert values["VOXFLEET_S3_ENDPOINT_URL"] == "http://minio:9000", name
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(values), name
+    flower = compose()["services"]["flower"]["environment"]["CELERY_BROKER_URL"]
+    assert flower == env["consumer"]["VOXFLEET_BROKER_URL"]  # Flower watches the same broker
+
+
+def test_env_example_names_every_required_variable() -> None:
+    text = (INFRA / "compose.yaml").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    example = {
+        line.split("=", 1)[0]
+        for line in (INFRA / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert required <= example, required - example
+    assert (REPO / "infra" / "compose.yaml").is_file()
