@@ -167,6 +167,19 @@ def test_termination_grace_covers_the_soft_shutdown(owner: str) -> None:
     assert settings.visibility_timeout_s > settings.job_time_limit_s
 
 
+@pytest.mark.parametrize("owner", [owner for owner, _ in consumer_pods()])
+def test_local_clusters_fit_the_pod(owner: str) -> None:
+    # os.cpu_count() inside a pod is the node's: the worker count must be set to the request.
+    resources = container(dict(consumer_pods())[owner], "consumer")["resources"]
+    settings = _settings_for(owner)
+    assert settings.default_cluster == "local"
+    assert settings.local_workers == int(resources["requests"]["cpu"])
+    per_worker_gib = float(settings.local_memory_limit.removesuffix("GiB"))
+    assert per_worker_gib * settings.local_workers < float(
+        resources["limits"]["memory"].removesuffix("Gi")
+    )  # the consumer process itself holds the inputs too
+
+
 def test_a_scaled_job_may_outlive_the_job_time_limit() -> None:
     spec = find("ScaledJob", "voxfleet-consumer")["spec"]["jobTargetRef"]
     assert (
