@@ -1,5 +1,7 @@
-"""infra/compose.yaml against the Compose Specification's JSON schema (as vendored by
-check-jsonschema), plus what the schema cannot know: references, files, shutdown timing."""
+"""infra/compose.yaml against the Compose Specification twice -- its JSON schema (as vendored by
+check-jsonschema) on the file as written, and a strict parser (compose-spec, the compose_spec
+Rust crate) on the file as `docker compose` would interpolate it from `.env.example` -- plus
+what neither knows: references, files, shutdown timing."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from compose_spec import PyCompose, PyOptions
 
 from tests.infra.manifests import INFRA, REPO, compose, compose_env
 
@@ -50,6 +53,60 @@ def test_the_schema_check_rejects_broken_variants(path: tuple[str, ...], value: 
         node = node[key]
     node[path[-1]] = value
     assert _errors(doc), f"schema accepted {path} = {value!r}"
+
+
+# --- the strict parser, after interpolation ----------------------------------------------------
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def _interpolated(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: ${X}, ${X:-default}, ${X-default}, ${X:?error}; $$ stays."""
+
+    def value(match: re.Match[str]) -> str:
+        if match[0] == "$$":
+            return "$$"
+        name, op, arg = match[1], match[2], match[3]
+        if op in (":-", "-"):
+            return env.get(name) or arg
+        if op in (":?", "?") and not env.get(name):
+            raise AssertionError(f"compose would refuse to start: {name}: {arg}")
+        return env.get(name, "")
+
+    return _VARIABLE.sub(value, text)
+
+
+def _example_env() -> dict[str, str]:
+    lines = (INFRA / ".env.example").read_text().splitlines()
+    return dict(ln.split("=", 1) for ln in lines if ln and not ln.startswith("#"))
+
+
+def _parse(text: str) -> PyCompose:
+    compose_file = PyOptions(apply_merge=True).from_yaml(_interpolated(text, _example_env()))
+    compose_file.validate()
+    return compose_file
+
+
+def test_strict_parser_accepts_the_interpolated_file() -> None:
+    parsed = _parse((INFRA / "compose.yaml").read_text())
+    assert set(parsed.service_names()) == set(compose()["services"])
+    consumer = parsed.to_dict()["services"]["consumer"]
+    assert consumer["environment"]["VOXFLEET_BROKER_URL"].startswith("redis://:change-me")
+    assert consumer["stop_grace_period"] == "7m"  # 420s, parsed as a duration
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("stop_grace_period: 420s", "stop_grace_periodd: 420s"),
+        ("stop_grace_period: 420s", "stop_grace_period: 420 seconds"),
+        ("condition: service_healthy", "condition: service_ready"),
+    ],
+)
+def test_strict_parser_rejects_broken_variants(old: str, new: str) -> None:
+    text = (INFRA / "compose.yaml").read_text()
+    assert old in text
+    with pytest.raises(ValueError):
+        _parse(text.replace(old, new, 1))
 
 
 def test_the_stack_has_every_part() -> None:
