@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ STALE_AFTER_INTERVALS = 3.0
 def write_beat(path: Path, **fields: Any) -> None:
     beat = {"pid": os.getpid(), "time": time.time(), **fields}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # One temporary file per writer thread: the heartbeat thread and the job's signal handlers
+    # may write at the same moment.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(beat, sort_keys=True))
     tmp.replace(path)
 
