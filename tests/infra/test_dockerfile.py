@@ -65,9 +65,10 @@ def test_entrypoint_is_exec_form_so_sigterm_reaches_celery() -> None:
     (cmd,) = _instruction("CMD")
     assert json.loads(cmd) == ["worker"]
     (stop,) = _instruction("STOPSIGNAL")
-    assert stop == "SIGTERM"
-    # ... and SIGTERM means Celery's soft shutdown (requeue after VOXFLEET_SOFT_SHUTDOWN_S).
-    assert dockerfile_env()["REMAP_SIGTERM"] == "SIGQUIT"
+    assert stop == "SIGTERM"  # Celery's warm shutdown: the job in hand finishes first
+    # Not remapped to SIGQUIT: the cold/soft shutdown path cancels the running job through the
+    # pool's terminate_job, which the solo pool lacks; the job would be recorded as failed.
+    assert "REMAP_SIGTERM" not in dockerfile_env()
 
 
 def test_runs_as_an_unprivileged_user() -> None:
