@@ -1,7 +1,7 @@
 """A consumer's heartbeat file: written by ``voxfleet worker``, read by ``voxfleet health``.
 
 The container HEALTHCHECK runs ``python -m shared.heartbeat`` (every 30 s on every consumer):
-this module and the settings only, ~0.2 s of CPU, where the full ``voxfleet health`` command
+this module and the settings only, ~0.5 s of CPU, where the full ``voxfleet health`` command
 imports Celery too (~1.2 s). The file is replaced atomically (write, then rename), so a reader
 never sees half of it.
 """
