@@ -111,6 +111,8 @@ def _compute(
             settings=settings,
             workdir=Path(scratch),
         )
+        if pipeline.check is not None:
+            pipeline.check(ctx)
         # The cluster starts while the inputs download and validate. A bad input then costs a
         # cluster start that is torn down at once; that is cheap locally, and the price of not
         # adding the start-up to every good job.

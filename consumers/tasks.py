@@ -13,6 +13,7 @@ from celery import Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from cluster import WarmPool
+from consumers import followup
 from consumers.app import TASK_NAME, app
 from consumers.ledger import Ledger, one_line
 from consumers.runner import execute
@@ -135,6 +136,9 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
         return "failed"
 
     skipped = outcome.state == "skipped"
+    # Before "done", so that whoever sees the job done can already find its follow-ups.
+    queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue
+    chained = followup.enqueue(app, ledger, followup.followups(spec, outcome.manifest_uri), queue)
     ledger.record(
         job_id,
         "done",
@@ -142,5 +146,6 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
         result=outcome.manifest_uri,
         timing=outcome.timing or None,
         summary=outcome.summary or None,
+        followups=chained or None,
     )
     return outcome.state

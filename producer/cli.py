@@ -203,7 +203,13 @@ def synth_fibers(
 @friendly
 def enqueue(
     pipeline: Annotated[str, typer.Argument(help=f"One of: {', '.join(PIPELINE_PARAMS)}.")],
-    input_uri: Annotated[str, typer.Argument(help="Subject or volume: a path or s3:// URI.")],
+    input_uri: Annotated[
+        str,
+        typer.Argument(
+            help="Subject or volume: a path or s3:// URI (bundles: a committed tractography "
+            "result, {results}/{subject}/tractography/{key}, with --param atlas=URI)."
+        ),
+    ],
     results: Annotated[str, typer.Option("--results", help="Results root (path or s3://).")],
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Pipeline parameter NAME=VALUE; repeat.")

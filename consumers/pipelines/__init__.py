@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.pipelines import dti, microstructure, tractography
+from consumers.pipelines import bundles, dti, microstructure, tractography
 from consumers.pipelines.base import Pipeline
 from shared.errors import InvalidInput
 
@@ -20,6 +20,16 @@ PIPELINES: dict[str, Pipeline] = {
             "dipy.tracking.tracker",
             "dipy.tracking.stopping_criterion",
             "dipy.io.streamline",
+        ),
+    ),
+    "bundles": Pipeline(
+        load=bundles.load,
+        run=bundles.run,
+        check=bundles.check,
+        worker_modules=(
+            "consumers.pipelines.recognition",
+            "dipy.segment.bundles",
+            "dipy.align.streamlinear",
         ),
     ),
     "microstructure": Pipeline(

@@ -57,3 +57,6 @@ class Pipeline(NamedTuple):
     run: Callable[[PipelineContext, Any, Any], PipelineResult]
     #: Imported on every Dask worker while the cluster starts, off the job's critical path.
     worker_modules: tuple[str, ...] = ()
+    #: Cheap validation (listings, small objects) run before any cluster starts, for inputs
+    #: whose absence would otherwise cost a cluster start to discover.
+    check: Callable[[PipelineContext], None] | None = None
