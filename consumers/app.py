@@ -7,15 +7,55 @@ for any settings (the producer publishes through one); ``app`` is the consumer's
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
+from shared.errors import ConfigError
 from shared.settings import Settings, get_settings
 
 TASK_NAME = "voxfleet.run_job"
+_CERT_REQS = {
+    "required": ssl.CERT_REQUIRED,
+    "cert_required": ssl.CERT_REQUIRED,
+    "optional": ssl.CERT_OPTIONAL,
+    "cert_optional": ssl.CERT_OPTIONAL,
+    "none": ssl.CERT_NONE,
+    "cert_none": ssl.CERT_NONE,
+}
+# The TLS options a rediss:// URL may carry, as redis-py names them (and reads them itself).
+_TLS_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def broker_tls(url: str) -> tuple[str, dict[str, Any] | None]:
+    """The broker URL for kombu and its TLS options (None for plain ``redis://``).
+
+    redis-py reads ``?ssl_cert_reqs=...&ssl_ca_certs=...`` from a ``rediss://`` URL itself (the
+    ledger and bulk enqueue connect that way), but kombu ignores the query and, given no
+    ``broker_use_ssl``, connects with certificate checks OFF. So the same query becomes
+    Celery's ``broker_use_ssl`` here, and an absent ``ssl_cert_reqs`` means *required*, as in
+    redis-py: one URL, one behaviour, verified by default.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return url, None
+    query = dict(parse_qsl(parts.query))
+    options: dict[str, Any] = {}
+    reqs = query.pop("ssl_cert_reqs", "required")
+    if reqs.lower() not in _CERT_REQS:
+        raise ConfigError(
+            f"broker URL: ssl_cert_reqs={reqs!r} is not one of required, optional, none"
+        )
+    options["ssl_cert_reqs"] = _CERT_REQS[reqs.lower()]
+    for name in _TLS_OPTIONS[1:]:
+        if name in query:
+            options[name] = query.pop(name)
+    rest = urlunsplit(parts._replace(query=urlencode(query)))
+    return rest, options
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -53,8 +93,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_app(settings: Settings) -> Celery:
-    app = Celery("voxfleet", broker=settings.broker_url.get_secret_value(), set_as_current=False)
+    url, tls = broker_tls(settings.broker_url.get_secret_value())
+    app = Celery("voxfleet", broker=url, set_as_current=False)
     app.conf.update(celery_config(settings))
+    if tls is not None:
+        app.conf.broker_use_ssl = tls
     return app
 
 

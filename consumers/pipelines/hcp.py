@@ -77,7 +77,8 @@ def _require(inputs: ObjectStore, key: str) -> int:
         ) from None
 
 
-def _fetch(inputs: ObjectStore, key: str, workdir: Path, settings: Settings) -> Path:
+def _checked_size(inputs: ObjectStore, key: str, settings: Settings) -> int:
+    """The object's size, refused if it is absent, empty or above the input limit."""
     size = _require(inputs, key)
     if size > settings.max_input_bytes:
         raise InvalidInput(
@@ -85,6 +86,11 @@ def _fetch(inputs: ObjectStore, key: str, workdir: Path, settings: Settings) -> 
         )
     if size == 0:
         raise InvalidInput(f"{key} is empty: {inputs.uri_for(key)}")
+    return size
+
+
+def _fetch(inputs: ObjectStore, key: str, workdir: Path, settings: Settings) -> Path:
+    _checked_size(inputs, key, settings)
     dest = workdir / "inputs" / key
     dest.parent.mkdir(parents=True, exist_ok=True)
     return inputs.get_file(key, dest)
@@ -163,9 +169,10 @@ def _parse_table(text: str, key: str, *, allow_nonfinite: bool = False) -> NDArr
 
 
 def read_gradients(
-    bvals_text: str, bvecs_text: str, n_volumes: int, b0_threshold: float
+    bvals_text: str, bvecs_text: str, n_volumes: int | None, b0_threshold: float
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """bvals (N,) and bvecs (N, 3) from FSL-style text, checked against the DWI's volume count.
+    """bvals (N,) and bvecs (N, 3) from FSL-style text, checked against the DWI's volume count
+    (or, with ``n_volumes`` None, against each other only: the check before any download).
 
     bvecs may be 3xN (HCP, FSL) or Nx3 (some exporters); 3xN wins when both fit (N == 3).
     A NaN direction is tolerated (as zero) only for a b0 volume, which has no direction:
@@ -175,7 +182,11 @@ def read_gradients(
     if min(bvals_table.shape) != 1:
         raise InvalidInput(f"{BVALS_KEY} must be one row of b-values, got {bvals_table.shape}")
     bvals = bvals_table.ravel()
-    if bvals.size != n_volumes:
+    counted = f"{DWI_KEY} has {n_volumes} volumes"
+    if n_volumes is None:
+        n_volumes = int(bvals.size)
+        counted = f"{BVALS_KEY} has {n_volumes} b-values"
+    elif bvals.size != n_volumes:
         raise InvalidInput(
             f"{BVALS_KEY} has {bvals.size} values but {DWI_KEY} has {n_volumes} volumes"
         )
@@ -189,9 +200,7 @@ def read_gradients(
         bvecs = table
     elif 3 in table.shape:
         n_dirs = table.shape[1] if table.shape[0] == 3 else table.shape[0]
-        raise InvalidInput(
-            f"{BVECS_KEY} has {n_dirs} directions but {DWI_KEY} has {n_volumes} volumes"
-        )
+        raise InvalidInput(f"{BVECS_KEY} has {n_dirs} directions but {counted}")
     else:
         raise InvalidInput(
             f"{BVECS_KEY} must be 3xN (or Nx3), got {table.shape[0]}x{table.shape[1]}"
@@ -238,6 +247,23 @@ def gradient_table_for(
     return gtab
 
 
+def check_subject(
+    inputs: ObjectStore, settings: Settings, *, b0_threshold: float, extra: tuple[str, ...] = ()
+) -> Any:
+    """The cheap half of ``load_subject``, run before any cluster starts: every object there,
+    non-empty and within the size limit, and the gradient table valid on its own. Reads only
+    the two text files; returns the dipy GradientTable."""
+    for key in (DWI_KEY, MASK_KEY, *extra):
+        _checked_size(inputs, key, settings)
+    bvals, bvecs = read_gradients(
+        _read_text(inputs, BVALS_KEY, settings),
+        _read_text(inputs, BVECS_KEY, settings),
+        None,
+        b0_threshold,
+    )
+    return gradient_table_for(bvals, bvecs, b0_threshold)
+
+
 def load_subject(
     inputs: ObjectStore, workdir: Path, settings: Settings, *, b0_threshold: float
 ) -> Subject:
@@ -270,12 +296,21 @@ def load_subject(
     # Scanner or reconstruction glitches leave isolated NaN/inf samples in otherwise good data.
     # Zero is below dipy's minimum signal and gets clipped like any dropout, so the affected
     # voxels still fit; failing the whole subject would be harsher. The count is reported.
-    nonfinite = 0
+    # Beyond a small fraction of the brain's samples it is broken data, not glitches: fail.
+    nonfinite = in_brain = 0
     for v in range(shape[3]):  # one volume at a time: a whole-array mask is 1 GB for HCP
         bad = ~np.isfinite(data[..., v])
         if bad.any():
             nonfinite += int(np.count_nonzero(bad))
+            in_brain += int(np.count_nonzero(bad & mask))
             data[..., v][bad] = 0.0
+    samples = int(np.count_nonzero(mask)) * shape[3]
+    if in_brain > settings.max_nonfinite_fraction * samples:
+        raise InvalidInput(
+            f"{DWI_KEY} has {in_brain} NaN or infinite samples in the brain mask "
+            f"({100 * in_brain / samples:.3g}% of {samples}; the limit is "
+            f"{100 * settings.max_nonfinite_fraction:g}%, VOXFLEET_MAX_NONFINITE_FRACTION)"
+        )
     return Subject(
         data=data,
         affine=affine,
