@@ -25,6 +25,7 @@ _ID_RE = re.compile(ID_PATTERN)
 CLUSTER_PATTERN = (
     r"^(local(:[1-9][0-9]{0,2})?|coiled|slurm|(tcp|tls)://[A-Za-z0-9_.\-]+:[0-9]{1,5})$"
 )
+_CLUSTER_RE = re.compile(CLUSTER_PATTERN)
 
 
 class PipelineParams(BaseModel):
@@ -342,7 +343,7 @@ class JobSpec(BaseModel):
     results_uri: str = Field(min_length=1, max_length=1024)
     subject: str = Field(default="", description="Derived from the input URI when empty.")
     params: dict[str, Any] = Field(default_factory=dict)
-    cluster: str | None = Field(default=None, pattern=CLUSTER_PATTERN)
+    cluster: str | None = Field(default=None, max_length=300)
     resources: ClusterSize = Field(default_factory=ClusterSize)
     submitted_at: float = Field(default_factory=time.time, ge=0)
 
@@ -375,6 +376,16 @@ class JobSpec(BaseModel):
     @classmethod
     def _subject(cls, value: str) -> str:
         return check_id(value, "subject id")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str | None) -> str | None:
+        if value is not None and not _CLUSTER_RE.match(value):
+            raise ValueError(
+                f"{shown(value)} is not a cluster spec "
+                "(local, local:N, coiled, slurm, tcp://host:port, tls://host:port)"
+            )
+        return value
 
     def parameters(self) -> PipelineParams:
         return PIPELINE_PARAMS[self.pipeline].model_validate(self.params)

@@ -46,6 +46,8 @@ _NIFTI_ERRORS = (
 _UNIT_ATOL = 0.01
 # Mask and label volumes may share the DWI grid only up to rounding in the stored affine.
 _AFFINE_ATOL = 1e-3
+# Compressed bytes read to find a NIfTI header (348 or 540 bytes once inflated): ample.
+_HEADER_BYTES = 64 * 1024
 
 
 @dataclass
@@ -119,13 +121,11 @@ def _read_voxels(img: Any, path: Path, key: str, dtype: Any) -> NDArray[Any]:
     return arr
 
 
-def _open_checked(
-    inputs: ObjectStore, key: str, workdir: Path, settings: Settings, rank: int
-) -> tuple[Any, Path, tuple[int, ...]]:
-    """Fetch and open a NIfTI and check its header (rank, size limits); no voxels read yet."""
-    path = _fetch(inputs, key, workdir, settings)
-    img = _open_nifti(path, key)
-    shape = tuple(int(n) for n in img.shape)
+def _checked_shape(
+    key: str, dims: Any, dtype: np.dtype[Any], rank: int, settings: Settings
+) -> tuple[int, ...]:
+    """A NIfTI's shape and data type checked against what the job needs and the limits."""
+    shape = tuple(int(n) for n in dims)
     if rank == 3 and len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]  # some tools write masks and labels as (x, y, z, 1)
     if len(shape) != rank:
@@ -133,6 +133,9 @@ def _open_checked(
         raise InvalidInput(f"{key} must be {rank}D {what}, got {len(shape)}D {shape}")
     if min(shape) < 1:
         raise InvalidInput(f"{key} has an empty dimension: shape {shape}")
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        # nibabel would cast complex to real silently, dropping the imaginary part.
+        raise InvalidInput(f"{key} has data type {dtype}; expected real numbers (ints or floats)")
     n_vox = int(np.prod(shape[:3], dtype=np.int64))
     if n_vox > settings.max_voxels:
         raise InvalidInput(
@@ -142,7 +145,60 @@ def _open_checked(
         raise InvalidInput(
             f"{key} has {shape[3]} volumes, above the limit of {settings.max_volumes}"
         )
+    return shape
+
+
+def _open_checked(
+    inputs: ObjectStore, key: str, workdir: Path, settings: Settings, rank: int
+) -> tuple[Any, Path, tuple[int, ...]]:
+    """Fetch and open a NIfTI and check its header (rank, size limits); no voxels read yet."""
+    path = _fetch(inputs, key, workdir, settings)
+    img = _open_nifti(path, key)
+    shape = _checked_shape(key, img.shape, img.get_data_dtype(), rank, settings)
     return img, path, shape
+
+
+def _peek_header(inputs: ObjectStore, key: str, settings: Settings) -> Any:
+    """The NIfTI header of ``key`` from the object's first bytes (a ranged read): the image
+    itself is neither downloaded nor inflated."""
+    _checked_size(inputs, key, settings)
+    head = inputs.head_bytes(key, _HEADER_BYTES)
+    raw = head
+    if head[:2] == b"\x1f\x8b":
+        try:
+            raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 2048)
+        except zlib.error as exc:
+            reason = f"corrupt gzip stream: {_one_line(exc)}"
+            raise InvalidInput(f"{key} is not a readable NIfTI file ({reason})") from None
+    # Recognise the header by its size field and magic first: nibabel's own checks would log
+    # a screenful of "fixes" for every wrong guess.
+    sizes = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+    if 348 in sizes and raw[344:348] in (b"n+1\0", b"ni1\0"):
+        header_class: Any = nib.Nifti1Header
+    elif 540 in sizes and raw[4:8] in (b"n+2\0", b"ni2\0"):
+        header_class = nib.Nifti2Header
+    else:
+        raise InvalidInput(f"{key} is not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+    try:
+        header = header_class.from_fileobj(io.BytesIO(raw), check=False)
+        header.get_data_dtype()  # an unknown datatype code raises here
+        return header
+    except _NIFTI_ERRORS as exc:
+        raise InvalidInput(f"{key} is not a readable NIfTI file ({_one_line(exc)})") from None
+
+
+def _same_grid(
+    mask_shape: tuple[int, ...],
+    mask_affine: NDArray[Any],
+    shape: tuple[int, ...],
+    affine: NDArray[Any],
+) -> None:
+    if mask_shape != shape[:3]:
+        raise InvalidInput(
+            f"{MASK_KEY} has shape {mask_shape} but {DWI_KEY} volumes are {shape[:3]}"
+        )
+    if not np.allclose(mask_affine, affine, atol=_AFFINE_ATOL):
+        raise InvalidInput(f"{MASK_KEY} is not on the same grid (affine) as {DWI_KEY}")
 
 
 def _read_text(inputs: ObjectStore, key: str, settings: Settings) -> str:
@@ -251,14 +307,21 @@ def check_subject(
     inputs: ObjectStore, settings: Settings, *, b0_threshold: float, extra: tuple[str, ...] = ()
 ) -> Any:
     """The cheap half of ``load_subject``, run before any cluster starts: every object there,
-    non-empty and within the size limit, and the gradient table valid on its own. Reads only
-    the two text files; returns the dipy GradientTable."""
-    for key in (DWI_KEY, MASK_KEY, *extra):
-        _checked_size(inputs, key, settings)
+    non-empty and within the size limit; the images' headers (read from their first bytes)
+    of the right rank, type and size, the mask on the DWI grid; the gradient table valid for
+    the DWI's volumes. Returns the dipy GradientTable."""
+    dwi = _peek_header(inputs, DWI_KEY, settings)
+    shape = _checked_shape(DWI_KEY, dwi.get_data_shape(), dwi.get_data_dtype(), 4, settings)
+    mask = _peek_header(inputs, MASK_KEY, settings)
+    mask_shape = _checked_shape(MASK_KEY, mask.get_data_shape(), mask.get_data_dtype(), 3, settings)
+    _same_grid(mask_shape, mask.get_best_affine(), shape, dwi.get_best_affine())
+    for key in extra:
+        header = _peek_header(inputs, key, settings)
+        _checked_shape(key, header.get_data_shape(), header.get_data_dtype(), 3, settings)
     bvals, bvecs = read_gradients(
         _read_text(inputs, BVALS_KEY, settings),
         _read_text(inputs, BVECS_KEY, settings),
-        None,
+        shape[3],
         b0_threshold,
     )
     return gradient_table_for(bvals, bvecs, b0_threshold)
@@ -281,12 +344,7 @@ def load_subject(
     xform_codes = (int(img.header["qform_code"]), int(img.header["sform_code"]))
 
     mask_img, mask_path, mask_shape = _open_checked(inputs, MASK_KEY, workdir, settings, rank=3)
-    if mask_shape != shape[:3]:
-        raise InvalidInput(
-            f"{MASK_KEY} has shape {mask_shape} but {DWI_KEY} volumes are {shape[:3]}"
-        )
-    if not np.allclose(mask_img.affine, affine, atol=_AFFINE_ATOL):
-        raise InvalidInput(f"{MASK_KEY} is not on the same grid (affine) as {DWI_KEY}")
+    _same_grid(mask_shape, mask_img.affine, shape, affine)
     raw_mask = _read_voxels(mask_img, mask_path, MASK_KEY, None).reshape(shape[:3])
     mask = np.isfinite(raw_mask) & (raw_mask != 0)
     if not mask.any():

@@ -146,7 +146,15 @@ def open_volume(
     sizes, unit = _voxel_size(array, voxel_size, inputs.uri)
     if not sample:
         return Volume(array, (shape[0], shape[1], shape[2]), dtype, sizes, unit, [], {})
-    boxes, where = _sample(array)
+    try:
+        boxes, where = _sample(array)
+    except VoxfleetError:
+        raise  # the store's own errors: retried (transient) or failed (permanent) as such
+    except Exception as exc:  # a codec that cannot decode a chunk raises its own types
+        raise InvalidInput(
+            f"{inputs.uri}: a chunk does not decode ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:160]})"
+        ) from None
     finite = [np.count_nonzero(np.isfinite(box)) for box in boxes]
     if dtype.kind == "f" and sum(finite) < where["voxels"]:
         bad = where["voxels"] - sum(finite)

@@ -75,7 +75,16 @@ class LocalStore(ObjectStore):
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # the root may be a file, not a folder
+            raise MissingInput(f"not found: {self.uri_for(key)}") from None
+        except IsADirectoryError:
+            raise InvalidInput(f"is a directory, expected a file: {self.uri_for(key)}") from None
+
+    def head_bytes(self, key: str, n: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as fh:
+                return fh.read(n)
+        except (FileNotFoundError, NotADirectoryError):
             raise MissingInput(f"not found: {self.uri_for(key)}") from None
         except IsADirectoryError:
             raise InvalidInput(f"is a directory, expected a file: {self.uri_for(key)}") from None
@@ -93,7 +102,7 @@ class LocalStore(ObjectStore):
     def size(self, key: str) -> int:
         try:
             return self._path(key).stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise MissingInput(f"not found: {self.uri_for(key)}") from None
 
     def list(self, prefix: str = "") -> Iterator[str]:

@@ -145,6 +145,13 @@ class S3Store(ObjectStore):
             ].read()
             return body
 
+    def head_bytes(self, key: str, n: int) -> bytes:
+        with _s3_errors(self.uri_for(key)):
+            body: bytes = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{max(n, 1) - 1}"
+            )["Body"].read()
+            return body[:n]
+
     def get_file(self, key: str, dest: Path) -> Path:
         with _s3_errors(self.uri_for(key)):
             self.client.download_file(
