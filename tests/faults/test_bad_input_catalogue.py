@@ -46,9 +46,10 @@ DATA = f"{bad.DWI}/data.nii.gz"
 MASK = f"{bad.DWI}/nodif_brain_mask.nii.gz"
 BVALS = f"{bad.DWI}/bvals"
 BVECS = f"{bad.DWI}/bvecs"
+# 20 directions fit CSD up to order 4 (15 coefficients)
 TRACT = {"sh_order_max": 4}
 # The string-dtype case writes a Zarr dtype that zarr itself calls unstable: that is the point.
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:zarr.*")  # 20 directions fit CSD up to order 4 (15 coefficients)
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:zarr.*")
 
 
 @dataclass(frozen=True)
