@@ -25,7 +25,6 @@ import redis
 from typer.testing import CliRunner
 
 import shared.settings
-from consumers.app import TASK_NAME, make_app
 from consumers.ledger import Ledger
 from producer.cli import app as cli
 from producer.jobs import submit, wait_for
@@ -33,6 +32,7 @@ from producer.server import EmbeddedRedis
 from shared.jobspec import JobSpec
 from shared.settings import Settings
 from tests.faults import inputs as bad
+from tests.faults.broker import raw_task
 from tests.faults.record import record
 from tests.integration.harness import (
     consumer_env,
@@ -206,17 +206,6 @@ def catalogue_consumer(
             yield process
 
 
-def _raw_task(settings: Settings, body: object, **options: Any) -> str:
-    """Publish a task message that skips our producer's validation."""
-    job_id = uuid.uuid4().hex
-    app = make_app(settings)
-    try:
-        app.send_task(TASK_NAME, args=[body], task_id=job_id, **options)
-    finally:
-        app.close()
-    return job_id
-
-
 def _input_for(
     case: str, spec: Case, good_subject: Path, good_volume: Path, root: Path, bucket: str, s3: str
 ) -> str:
@@ -265,7 +254,7 @@ def outcomes(
     for name, case in CONSUMER_CASES.items():
         started[name] = time.monotonic()
         if case.raw is not None:
-            jobs[name] = _raw_task(settings, case.raw)
+            jobs[name] = raw_task(settings, case.raw)
             continue
         uri = _input_for(name, case, good_subject, good_volume, root, bucket, s3_endpoint)
         spec = JobSpec(

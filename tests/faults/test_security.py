@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from shared.jobspec import JobSpec
 from shared.settings import Settings
 from shared.store import LocalStore, ObjectStore, S3Store, open_store
 from tests.faults import inputs
+from tests.faults.broker import raw_task
 from tests.faults.record import record
 from tests.faults.tls import make_tls_files, start_tls_server
 from tests.integration.harness import (
@@ -41,6 +41,7 @@ from tests.integration.harness import (
     dask_cluster_processes,
     running_consumer,
     upload_dir,
+    voxfleet,
 )
 
 # Canaries: if either string shows up anywhere a user or operator can read, it leaked.
@@ -107,16 +108,6 @@ def _failed_once(settings: Settings, job_id: str, needle: str) -> dict[str, Any]
 # --- messages: JSON only ----------------------------------------------------------------------
 
 
-def _raw_task(settings: Settings, body: object, **options: Any) -> str:
-    job_id = uuid.uuid4().hex
-    app = make_app(settings)
-    try:
-        app.send_task(TASK_NAME, args=[body], task_id=job_id, **options)
-    finally:
-        app.close()
-    return job_id
-
-
 def test_pickle_is_rejected_without_being_deserialised(
     acl_consumer: tuple[subprocess.Popen[bytes], Path], acl_settings: Settings, tmp_path: Path
 ) -> None:
@@ -126,7 +117,7 @@ def test_pickle_is_rejected_without_being_deserialised(
         def __reduce__(self) -> tuple[object, tuple[str]]:
             return (Path.touch, (str(canary),))  # type: ignore[return-value]
 
-    job_id = _raw_task(acl_settings, Exploit(), serializer="pickle")
+    job_id = raw_task(acl_settings, Exploit(), serializer="pickle")
     rec = _failed_once(acl_settings, job_id, "not accepted")
     dead = Ledger.from_url(acl_settings.broker_url.get_secret_value(), 60).dead_letters(50)
     kept = [d for d in dead if d["job_id"] == job_id]
@@ -144,20 +135,31 @@ def test_pickle_is_rejected_without_being_deserialised(
 
 
 @pytest.mark.parametrize(
-    ("content_type", "body", "needle"),
+    ("content_type", "body", "task", "needle"),
     [
-        ("application/json", b"{this is not json", "does not decode"),
-        ("application/x-yaml", b"!!python/object/apply:os.system ['touch /tmp/x']", "not accepted"),
-        ("application/x-msgpack", b"\x93\xa1a\xa1b\xa1c", "not accepted"),
-        ("application/data", b"\x80\x04K\x01.", "not accepted"),
+        ("application/json", b"{this is not json", TASK_NAME, "does not decode"),
+        (
+            "application/x-yaml",
+            b"!!python/object/apply:os.system ['touch /tmp/x']",
+            TASK_NAME,
+            "not accepted",
+        ),
+        ("application/x-msgpack", b"\x93\xa1a\xa1b\xa1c", TASK_NAME, "not accepted"),
+        # kombu passes "raw" types through any accept list; Celery then crashed the consumer
+        # (TypeError, "unrecoverable error") and the restored message killed the next one.
+        ("application/data", b"\x80\x04K\x01.", TASK_NAME, "not accepted"),
+        ("application/text", b"os.system('id')", TASK_NAME, "not accepted"),
+        # A task header of the wrong type: unhashable, Celery's lookup raised TypeError.
+        ("application/json", b"[[], {}, {}]", ["voxfleet.run_job"], "malformed task message"),
     ],
-    ids=["broken-json", "yaml", "msgpack", "raw-bytes"],
+    ids=["broken-json", "yaml", "msgpack", "raw-bytes", "raw-text", "list-as-task-name"],
 )
-def test_non_json_messages_are_refused(
+def test_non_json_and_malformed_messages_are_refused(
     acl_consumer: tuple[subprocess.Popen[bytes], Path],
     acl_settings: Settings,
     content_type: str,
     body: bytes,
+    task: object,
     needle: str,
 ) -> None:
     job_id = uuid.uuid4().hex
@@ -168,18 +170,20 @@ def test_non_json_messages_are_refused(
             content_type=content_type,
             content_encoding="binary",
             serializer=None,
-            headers={"task": TASK_NAME, "id": job_id, "lang": "py"},
+            headers={"task": task, "id": job_id, "lang": "py"},
             declare=[],
         )
     rec = _failed_once(acl_settings, job_id, needle)
+    alive = acl_consumer[0].poll() is None
     record(
         "security",
-        f"{content_type} task message",
+        f"{content_type} task message" + ("" if task == TASK_NAME else f", task header {task!r}"),
         answer=rec["reason"],
         state=rec["state"],
         deserialised=False,
+        consumer_alive=alive,
     )
-    assert acl_consumer[0].poll() is None
+    assert alive, "the consumer died"
 
 
 def test_unknown_task_name_is_dead_lettered(
@@ -287,9 +291,11 @@ def test_tls_end_to_end_with_a_real_consumer(
     monkeypatch.setattr(shared.settings, "_active", settings)
     # The CLI publishes through Celery; the bulk path through redis-py pipelines.
     missing = str(tmp_path / "no-such-subject")
-    out = CliRunner().invoke(cli, ["enqueue", "dti", missing, "--results", str(tmp_path / "o")])
+    out = CliRunner().invoke(
+        cli, ["enqueue", "dti", missing, "--results", str(tmp_path / "o"), "--json"]
+    )
     assert out.exit_code == 0, out.output
-    cli_job = out.stdout.split()[3]
+    cli_job = json.loads(out.stdout)["job_id"]
     bulk_spec = JobSpec(
         pipeline="dti", input_uri=missing + "-2", results_uri=str(tmp_path / "o"), campaign="tls"
     )
@@ -340,16 +346,6 @@ def test_tls_refuses_plaintext_and_unverified_peers(
 # --- credentials never leak -----------------------------------------------------------------------
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "producer", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_credentials_never_appear_in_logs_timing_manifests_status_or_reports(
     acl_consumer: tuple[subprocess.Popen[bytes], Path],
     acl_server: EmbeddedRedis,
@@ -370,7 +366,7 @@ def test_credentials_never_appear_in_logs_timing_manifests_status_or_reports(
     outputs: dict[str, str] = {}
 
     def run(label: str, *args: str) -> subprocess.CompletedProcess[str]:
-        done = _cli(env, *args)
+        done = voxfleet(env, *args)
         outputs[label] = done.stdout + done.stderr
         return done
 
@@ -400,7 +396,7 @@ def test_credentials_never_appear_in_logs_timing_manifests_status_or_reports(
     assert reported.returncode == 0, outputs
     # A CLI that cannot get in prints the broker's URL: redacted.
     wrong_env = {**env, "VOXFLEET_BROKER_URL": acl_server.url.replace(REDIS_PASSWORD, "x" * 8)}
-    wrong = _cli(wrong_env, "status", job_id)
+    wrong = voxfleet(wrong_env, "status", job_id)
     outputs["status with a wrong password"] = wrong.stdout + wrong.stderr
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
