@@ -215,6 +215,9 @@ class S3Store(ObjectStore):
         return True
 
     def delete_prefix(self, prefix: str) -> int:
+        # Never "" (everything below the store, a whole bucket for a bucket-root store), and
+        # nothing outside it: the same rule as every other key, as on disk.
+        prefix = safe_key(prefix)
         keys = [self._key(k) for k in self.list(prefix)]
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]

@@ -151,8 +151,20 @@ def test_pickle_is_rejected_without_being_deserialised(
         ("application/text", b"os.system('id')", TASK_NAME, "not accepted"),
         # A task header of the wrong type: unhashable, Celery's lookup raised TypeError.
         ("application/json", b"[[], {}, {}]", ["voxfleet.run_job"], "malformed task message"),
+        # JSON, but not Celery's [args, kwargs, embed]: Celery's strategy raises ValueError.
+        ("application/json", b'{"not": "a list"}', TASK_NAME, "malformed task message"),
+        ("application/json", b'"just a string"', TASK_NAME, "malformed task message"),
     ],
-    ids=["broken-json", "yaml", "msgpack", "raw-bytes", "raw-text", "list-as-task-name"],
+    ids=[
+        "broken-json",
+        "yaml",
+        "msgpack",
+        "raw-bytes",
+        "raw-text",
+        "list-as-task-name",
+        "json-object-body",
+        "json-string-body",
+    ],
 )
 def test_non_json_and_malformed_messages_are_refused(
     acl_consumer: tuple[subprocess.Popen[bytes], Path],
@@ -346,14 +358,18 @@ def test_tls_refuses_plaintext_and_unverified_peers(
 # --- credentials never leak -----------------------------------------------------------------------
 
 
+@pytest.mark.timeout(900)
 def test_credentials_never_appear_in_logs_timing_manifests_status_or_reports(
     acl_consumer: tuple[subprocess.Popen[bytes], Path],
     acl_server: EmbeddedRedis,
     s3_endpoint: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A real campaign (one good job, one bad) with a Redis password and S3 keys set; then every
-    place a person can read is searched for the secrets."""
+    """A real campaign (one good job, one bad) and a single job, with a Redis password and S3
+    keys set; then every place a person can read is searched for the secrets. The campaign is
+    submitted by a CLI process configured only through its environment; status and report run
+    the same CLI in this process (with the same secrets) to keep the test quick."""
     _, consumer_log = acl_consumer
     env = _env(acl_server.url, s3_endpoint)
     bucket = f"vf-{uuid.uuid4().hex[:12]}"
@@ -364,26 +380,31 @@ def test_credentials_never_appear_in_logs_timing_manifests_status_or_reports(
     manifest.write_text(f"input\ns3://{bucket}/hcp/100307\ns3://{bucket}/hcp/missing\n")
     results = f"s3://{bucket}/derivatives"
     outputs: dict[str, str] = {}
+    submitted = voxfleet(
+        env,
+        "campaign", "submit", "leaks", "dti", "--inputs", str(manifest), "--results", results,
+        "--json",
+    )  # fmt: skip
+    outputs["campaign submit"] = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, outputs
 
-    def run(label: str, *args: str) -> subprocess.CompletedProcess[str]:
-        done = voxfleet(env, *args)
+    settings = Settings(broker_url=acl_server.url, s3_endpoint_url=s3_endpoint)  # type: ignore[arg-type]
+    monkeypatch.setattr(shared.settings, "_active", settings)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+
+    def run(label: str, *args: str) -> Any:
+        done = CliRunner().invoke(cli, list(args))
         outputs[label] = done.stdout + done.stderr
         return done
 
-    submitted = run(
-        "campaign submit",
-        "campaign", "submit", "leaks", "dti", "--inputs", str(manifest), "--results", results,
-        "--param", "qc=true", "--json",
-    )  # fmt: skip
-    assert submitted.returncode == 0, outputs
     enqueued = run(
         "enqueue --wait",
         "enqueue", "dti", f"s3://{bucket}/hcp/100307", "--results", f"{results}-single",
         "--wait", "--json",
     )  # fmt: skip
-    assert enqueued.returncode == 0, outputs
+    assert enqueued.exit_code == 0, outputs
     job_id = json.loads(enqueued.stdout)["job_id"]
-    settings = Settings(broker_url=acl_server.url, s3_endpoint_url=s3_endpoint)  # type: ignore[arg-type]
     ledger = Ledger.from_url(acl_server.url, 60)
     jobs = list(ledger.campaign_jobs("leaks"))
     wait_for(jobs, settings, timeout_s=600)
@@ -393,11 +414,11 @@ def test_credentials_never_appear_in_logs_timing_manifests_status_or_reports(
     run("campaign status --json", "campaign", "status", "leaks", "--json")
     report_dir = tmp_path / "report"
     reported = run("campaign report", "campaign", "report", "leaks", "--out", str(report_dir))
-    assert reported.returncode == 0, outputs
+    assert reported.exit_code == 0, outputs
     # A CLI that cannot get in prints the broker's URL: redacted.
-    wrong_env = {**env, "VOXFLEET_BROKER_URL": acl_server.url.replace(REDIS_PASSWORD, "x" * 8)}
-    wrong = voxfleet(wrong_env, "status", job_id)
-    outputs["status with a wrong password"] = wrong.stdout + wrong.stderr
+    wrong_url = acl_server.url.replace(REDIS_PASSWORD, REDIS_PASSWORD[:-4] + "xxxx")
+    monkeypatch.setattr(shared.settings, "_active", Settings(broker_url=wrong_url))  # type: ignore[arg-type]
+    run("status with a wrong password", "status", job_id)
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     objects = {
@@ -421,7 +442,11 @@ def test_credentials_never_appear_in_logs_timing_manifests_status_or_reports(
         "job records in Redis": "\n".join(records).encode(),
         "dead letters in Redis": dead.encode(),
     }
-    secrets = {"Redis password": REDIS_PASSWORD, "S3 secret key": S3_SECRET}
+    secrets = {
+        "Redis password": REDIS_PASSWORD,
+        "mistyped Redis password": REDIS_PASSWORD[:-4] + "xxxx",
+        "S3 secret key": S3_SECRET,
+    }
     leaks = [
         f"{what} in {where}"
         for where, blob in places.items()
