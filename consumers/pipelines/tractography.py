@@ -34,13 +34,6 @@ class Loaded:
     wm: NDArray[np.bool_] | None
 
 
-def _params(ctx: PipelineContext) -> TractographyParams:
-    params = ctx.spec.parameters()
-    if not isinstance(params, TractographyParams):
-        raise InvalidInput(f"tractography pipeline given {type(params).__name__} parameters")
-    return params
-
-
 def _enough_volumes(gtab: Any, params: TractographyParams) -> None:
     n_dwi = int(np.count_nonzero(~gtab.b0s_mask))
     needed = csd.n_coefficients(params.sh_order_max)
@@ -54,7 +47,7 @@ def _enough_volumes(gtab: Any, params: TractographyParams) -> None:
 def check(ctx: PipelineContext) -> None:
     """Before any cluster starts: inputs (and the segmentation) present and sized, gradient
     table usable, enough directions for the CSD order."""
-    params = _params(ctx)
+    params = ctx.params(TractographyParams)
     extra = (APARC_KEY,) if params.wm_source == "aparc" else ()
     try:
         gtab = check_subject(
@@ -69,7 +62,7 @@ def check(ctx: PipelineContext) -> None:
 
 def load(ctx: PipelineContext) -> Loaded:
     """Read and validate the subject (and its segmentation); runs before any cluster exists."""
-    params = _params(ctx)
+    params = ctx.params(TractographyParams)
     with ctx.timer.stage("load"):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         subject = load_subject(
@@ -120,7 +113,7 @@ def _rounded(busy: dict[str, float]) -> dict[str, float]:
 
 
 def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
-    params = _params(ctx)
+    params = ctx.params(TractographyParams)
     subject = loaded.subject
     with ctx.timer.stage("dti"):
         fa = _fa_volume(ctx, subject, client, params)
