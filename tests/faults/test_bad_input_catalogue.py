@@ -273,6 +273,9 @@ def _dead_letters(settings_url: str) -> dict[str, dict[str, Any]]:
     return {d["job_id"]: d for d in Ledger.from_url(settings_url, 60).dead_letters(5000)}
 
 
+# The first case pays for the module's set-up: a Dask cluster, a consumer, and every case run
+# (seconds each on a quiet machine; minutes in all on a machine shared by many test runs).
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("case", list(CONSUMER_CASES))
 def test_consumer_answers_bad_input_with_one_line(
     case: str, outcomes: dict[str, Outcome], redis_server: EmbeddedRedis
