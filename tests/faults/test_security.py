@@ -189,7 +189,8 @@ def test_non_json_and_malformed_messages_are_refused(
     alive = acl_consumer[0].poll() is None
     record(
         "security",
-        f"{content_type} task message" + ("" if task == TASK_NAME else f", task header {task!r}"),
+        f"{content_type} task message, body {body[:24]!r}"
+        + ("" if task == TASK_NAME else f", task header {task!r}"),
         answer=rec["reason"],
         state=rec["state"],
         deserialised=False,
