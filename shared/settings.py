@@ -7,6 +7,8 @@ chain (env, profile, instance role), so they never pass through our objects, log
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -120,6 +122,27 @@ class Settings(BaseSettings):
         default=2048**3 // 2, description="Largest volume (product of the spatial dims)."
     )
     max_volumes: int = Field(default=1024, description="Most DWI volumes (4th dimension).")
+    max_nonfinite_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Isolated NaN/inf DWI samples are zeroed like dropouts; more than this "
+        "fraction of the brain's samples means broken data, and the job fails.",
+    )
+
+
+def redacted(url: str) -> str:
+    """``url`` fit to print: any password replaced by ``***`` (the user name stays, it is how
+    an operator tells ACL users apart)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _active: Settings | None = None
