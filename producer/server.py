@@ -48,6 +48,7 @@ class EmbeddedRedis:
         password: str | None = None,
         appendonly: bool = False,
         extra_args: list[str] | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if directory is None:
@@ -57,6 +58,8 @@ class EmbeddedRedis:
         self.password = password
         self.appendonly = appendonly
         self.extra_args = extra_args or []
+        # A config file (e.g. infra/redis/redis.conf) owns persistence; no --save/--appendonly.
+        self.config_file = config_file
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -68,13 +71,20 @@ class EmbeddedRedis:
     def start(self, port: int | None = None, timeout_s: float = 15.0) -> EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        # The config file, if any, must come first; command-line options then override it.
+        config = [str(self.config_file)] if self.config_file is not None else []
+        persistence = (
+            []
+            if self.config_file is not None
+            else ["--save", "", "--appendonly", "yes" if self.appendonly else "no"]
+        )
         args = [
             server_binary(),
+            *config,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
+            *persistence,
             "--daemonize", "no",
             "--loglevel", "warning",
             *(["--requirepass", self.password] if self.password else []),
@@ -107,6 +117,13 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, no goodbye (what a crashed node or OOM kill does)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
         self.process = None
 
     def restart(self) -> None:

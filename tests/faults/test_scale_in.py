@@ -1,0 +1,105 @@
+"""Fault 5: SIGTERM to a consumer mid-job, as an autoscaler scaling in does. The job either
+finishes within the consumer's grace period or is requeued and committed by another consumer;
+the consumer exits within Kubernetes' default grace period (30 s), its Dask workers with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from consumers.ledger import Ledger
+from producer.jobs import submit, wait_for
+from producer.server import EmbeddedRedis
+from shared.jobspec import JobSpec
+from shared.settings import Settings
+from tests.faults.chaos import PublicationWatcher, StageEvents, fleet
+from tests.faults.record import record
+from tests.integration.harness import consumer_env
+
+KUBERNETES_GRACE_S = 30.0  # terminationGracePeriodSeconds' default
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    ("soft_shutdown_s", "stage", "outcome"),
+    [(3.0, "dti", "requeued"), (KUBERNETES_GRACE_S - 10, "qc", "finished")],
+)
+def test_sigterm_mid_job_requeues_or_finishes_and_exits_in_time(
+    broker: EmbeddedRedis,
+    s3_endpoint: str,
+    bucket: str,
+    subject_dir: Path,
+    tmp_path: Path,
+    soft_shutdown_s: float,
+    stage: str,
+    outcome: str,
+) -> None:
+    queue = f"term-{uuid.uuid4().hex[:6]}"
+    settings = Settings(broker_url=broker.url, queue=queue)  # type: ignore[arg-type]
+    spec = JobSpec(pipeline="dti", input_uri=str(subject_dir), results_uri=f"s3://{bucket}/r")
+    env = consumer_env(
+        broker.url,
+        s3_endpoint,
+        VOXFLEET_QUEUE=queue,
+        VOXFLEET_DEFAULT_CLUSTER="local:1",
+        VOXFLEET_SOFT_SHUTDOWN_S=str(soft_shutdown_s),
+    )
+    ledger = Ledger.from_url(broker.url, 60)
+    events = StageEvents(broker.url)
+    with PublicationWatcher(s3_endpoint, bucket) as reader, fleet(env, tmp_path) as consumers:
+        name = consumers.start()
+        submit([spec], settings)
+        assert events.wait(lambda _, r: r.get("stage") == stage, 600)
+        process = consumers.processes.pop(name)
+        process.send_signal(signal.SIGTERM)  # to the consumer only, as the kubelet does
+        t0 = time.monotonic()
+        code = process.wait(timeout=KUBERNETES_GRACE_S * 3)
+        exit_s = time.monotonic() - t0
+        leftovers = _group_alive(process.pid)  # its Dask workers, if any survived it
+        after_exit = ledger.get(spec.job_id) or {}
+        queued = redis.Redis.from_url(broker.url).llen(queue)
+        if outcome == "requeued":
+            consumers.start()  # another consumer picks the requeued job up
+        final = wait_for([spec.job_id], settings, timeout_s=600)[spec.job_id]
+        reader.check()
+    events.close()
+
+    observed = "requeued" if after_exit.get("state") == "queued" else after_exit.get("state")
+    record(
+        "fault",
+        f"SIGTERM mid-job (scale-in), grace {soft_shutdown_s:g} s, signal during {stage}",
+        injected=1,
+        lost=0 if final["state"] == "done" else 1,
+        duplicates=sum(len(t) - 1 for t in reader.seen.manifests_seen.values()),
+        partial_visible=len(reader.seen.partial),
+        exit_s=round(exit_s, 1),
+        exit_code=code,
+        workers_left=leftovers,
+        job_after_exit=observed,
+        answer=(
+            f"job {observed} within the grace period; consumer exited in {exit_s:.1f} s"
+            + ("; another consumer committed it" if observed == "requeued" else "")
+        ),
+    )
+    assert observed == outcome, after_exit
+    assert exit_s < KUBERNETES_GRACE_S, exit_s
+    assert not leftovers
+    assert queued == (1 if outcome == "requeued" else 0)
+    assert final["state"] == "done"
+    assert reader.seen.partial == []
+    assert all(len(t) == 1 for t in reader.seen.manifests_seen.values())

@@ -1,0 +1,175 @@
+"""Fault 2: a job that outlives the broker's visibility timeout, so Redis hands its message to a
+second consumer while the first is still working on it.
+
+Two defences, both exercised here with real consumers (docs/reliability.md says why both):
+the job's *lease* (a Redis key the running consumer renews) makes the redelivered copy defer
+instead of running; the manifest's *conditional commit* decides when the lease cannot -- here
+the first consumer is frozen (SIGSTOP) past its lease, the copy takes over and commits, and the
+first, woken, must publish nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from consumers.ledger import Ledger
+from producer.jobs import submit, wait_for
+from producer.server import EmbeddedRedis
+from shared.jobspec import JobSpec
+from shared.settings import Settings
+from tests.faults.chaos import (
+    PublicationWatcher,
+    StageEvents,
+    attempts_seen,
+    consumer_name,
+    fleet,
+    wait_quiet,
+)
+from tests.faults.record import record
+from tests.integration.harness import consumer_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _env(broker: EmbeddedRedis, s3_endpoint: str, queue: str, **extra: str) -> dict[str, str]:
+    return consumer_env(
+        broker.url,
+        s3_endpoint,
+        VOXFLEET_QUEUE=queue,
+        VOXFLEET_DEFAULT_CLUSTER="local:1",
+        VOXFLEET_VISIBILITY_TIMEOUT_S="3",
+        VOXFLEET_UNACKED_RESTORE_INTERVAL_S="1",
+        VOXFLEET_LEASE_TTL_S="3",
+        **extra,
+    )
+
+
+def _manifest(s3: Any, bucket: str, spec: JobSpec) -> dict[str, Any]:
+    key = f"r/{spec.result_prefix}/manifest.json"
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())  # type: ignore[no-any-return]
+
+
+def _timing_consumer(s3: Any, bucket: str, spec: JobSpec, attempt: str) -> str:
+    key = f"r/{spec.result_prefix}/{attempt}/timing.json"
+    return str(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["consumer"])
+
+
+def test_redelivered_copy_of_a_running_job_defers_and_publishes_nothing(
+    broker: EmbeddedRedis, s3_endpoint: str, bucket: str, subject_dir: Path, tmp_path: Path
+) -> None:
+    queue = f"vis-{uuid.uuid4().hex[:6]}"
+    settings = Settings(broker_url=broker.url, queue=queue)  # type: ignore[arg-type]
+    spec = JobSpec(pipeline="dti", input_uri=str(subject_dir), results_uri=f"s3://{bucket}/r")
+    events = StageEvents(broker.url)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    with (
+        PublicationWatcher(s3_endpoint, bucket) as reader,
+        fleet(_env(broker, s3_endpoint, queue), tmp_path) as consumers,
+    ):
+        first = consumers.start()
+        submit([spec], settings)
+        assert events.wait(lambda _, r: r.get("state") == "running", 300)
+        consumers.start()  # the second consumer is there to receive the redelivered copy
+        deferred = events.wait(lambda _, r: int(r.get("deferrals", 0)) > 0, 300)
+        assert deferred is not None, "the message was never redelivered while the job ran"
+        wait_for([spec.job_id], settings, timeout_s=300)
+        wait_quiet(broker.url, queue, 300)
+        reader.check()
+    events.close()
+
+    ledger = Ledger.from_url(broker.url, 60).get(spec.job_id)
+    assert ledger is not None
+    manifest = _manifest(s3, bucket, spec)
+    attempts = attempts_seen(reader.seen.keys_ever, f"r/{spec.result_prefix}")
+    record(
+        "fault",
+        "job outlives the visibility timeout: Redis redelivers it while it runs",
+        injected=int(ledger["deferrals"]),
+        lost=0 if ledger["state"] == "done" else 1,
+        duplicates=len(reader.seen.manifests_seen.get(f"r/{spec.result_prefix}", ())) - 1,
+        partial_visible=len(reader.seen.partial),
+        visibility_timeout_s=3,
+        deferrals=int(ledger["deferrals"]),
+        attempt_folders_ever_seen=len(attempts),
+        answer="the copy found the job's lease held and deferred itself; it never ran",
+    )
+    assert ledger["state"] == "done"
+    assert int(ledger["deferrals"]) >= 1
+    # Only the first consumer's attempt ever wrote anything; the copy never started.
+    assert attempts == {manifest["attempt"]}
+    assert _timing_consumer(s3, bucket, spec, manifest["attempt"]).startswith(first)
+    assert reader.seen.partial == []
+    assert len(reader.seen.manifests_seen[f"r/{spec.result_prefix}"]) == 1
+
+
+def test_frozen_consumer_past_its_lease_loses_to_the_copy_and_publishes_nothing(
+    broker: EmbeddedRedis, s3_endpoint: str, bucket: str, subject_dir: Path, tmp_path: Path
+) -> None:
+    queue = f"frz-{uuid.uuid4().hex[:6]}"
+    settings = Settings(broker_url=broker.url, queue=queue)  # type: ignore[arg-type]
+    spec = JobSpec(pipeline="dti", input_uri=str(subject_dir), results_uri=f"s3://{bucket}/r")
+    events = StageEvents(broker.url)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    with (
+        PublicationWatcher(s3_endpoint, bucket) as reader,
+        fleet(_env(broker, s3_endpoint, queue), tmp_path) as consumers,
+    ):
+        frozen = consumers.start()
+        submit([spec], settings)
+        assert events.wait(lambda _, r: r.get("stage") == "dti", 300)
+        os.killpg(consumers.processes[frozen].pid, signal.SIGSTOP)  # consumer and its workers
+        try:
+            consumers.start()
+            taken = events.wait(
+                lambda _, r: r.get("state") == "running" and consumer_name(r) != frozen, 300
+            )
+            assert taken is not None, "no other consumer took the job over"
+            wait_for([spec.job_id], settings, timeout_s=300)
+        finally:
+            os.killpg(consumers.processes[frozen].pid, signal.SIGCONT)
+        # The woken consumer finds its lease gone at its next stage boundary, or its commit
+        # refused; either way it deletes its files. Stopping it waits for that.
+        consumers.stop_all()
+        reader.check()
+    events.close()
+
+    ledger = Ledger.from_url(broker.url, 60).get(spec.job_id)
+    assert ledger is not None
+    manifest = _manifest(s3, bucket, spec)
+    job_prefix = f"r/{spec.result_prefix}"
+    attempts = attempts_seen(reader.seen.keys_ever, job_prefix)
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"{job_prefix}/")
+    left = {k["Key"][len(job_prefix) + 1 :].split("/", 1)[0] for k in listing["Contents"]}
+    log = consumers.log(frozen).read_text()
+    how = (
+        "stopped at its next stage boundary (lease lost)"
+        if "abandoned" in log
+        else "lost the conditional commit"
+        if "lost the commit race" in log
+        else "unknown"
+    )
+    record(
+        "fault",
+        "consumer frozen (SIGSTOP) past its lease; the redelivered copy takes the job over",
+        injected=1,
+        lost=0 if ledger["state"] == "done" else 1,
+        duplicates=len(reader.seen.manifests_seen.get(job_prefix, ())) - 1,
+        partial_visible=len(reader.seen.partial),
+        attempt_folders_ever_seen=len(attempts),
+        attempt_folders_left=len(left - {"manifest.json"}),
+        answer=f"the copy committed; the woken consumer {how} and deleted its files",
+    )
+    assert ledger["state"] == "done"
+    assert not _timing_consumer(s3, bucket, spec, manifest["attempt"]).startswith(frozen)
+    assert how != "unknown", log[-3000:]
+    assert left == {"manifest.json", manifest["attempt"]}
+    assert reader.seen.partial == []
+    assert len(reader.seen.manifests_seen[job_prefix]) == 1
