@@ -78,10 +78,10 @@ def _stage_hook(ledger: Ledger, job_id: str, spec: JobSpec, lease: Lease) -> Cal
     campaign = spec.campaign
 
     def check(stage: str) -> None:
-        ledger.stage(job_id, stage)
         if campaign and ledger.campaign_cancelled(campaign):
             raise Cancelled(f"campaign {campaign} cancelled before stage {stage}")
-        lease.check()
+        lease.check()  # before the stage is published: a superseded attempt writes nothing
+        ledger.stage(job_id, stage)
 
     return check
 

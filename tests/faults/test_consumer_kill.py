@@ -60,7 +60,7 @@ def committed_layout(s3: Any, bucket: str) -> tuple[dict[str, dict[str, Any]], l
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2400)
 def test_sigkill_at_random_stages_loses_nothing_and_publishes_once(
     broker: EmbeddedRedis, s3_endpoint: str, bucket: str, subject_dir: Path, tmp_path: Path
 ) -> None:
@@ -75,7 +75,9 @@ def test_sigkill_at_random_stages_loses_nothing_and_publishes_once(
             pipeline="tractography",
             input_uri=str(inputs / f"{400000 + i}"),
             results_uri=f"s3://{bucket}/derivatives",
-            params={"shards": 4, "csd_chunks": 8, "qc": False},
+            # Coarse steps on the phantom's 6 mm grid keep tracking to seconds: the kills,
+            # not the science, are under test here.
+            params={"shards": 4, "csd_chunks": 8, "qc": False, "step_size": 2.0, "max_len": 120},
         )
         for i in range(JOBS)
     ]

@@ -4,12 +4,14 @@ the consumer exits within Kubernetes' default grace period (30 s), its Dask work
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -25,12 +27,22 @@ from tests.integration.harness import consumer_env
 KUBERNETES_GRACE_S = 30.0  # terminationGracePeriodSeconds' default
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _group(pgid: int) -> list[str]:
+    """Command lines of the processes left in a consumer's process group."""
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(" ".join(proc.info["cmdline"] or [])[-80:])
+    return left
+
+
+def _group_gone_s(pgid: int, t0: float, limit_s: float) -> float:
+    """Seconds from ``t0`` until no process of the group is left (polled: nothing notifies
+    about processes that are not our children)."""
+    while _group(pgid) and time.monotonic() - t0 < limit_s:
+        time.sleep(0.1)
+    return time.monotonic() - t0
 
 
 @pytest.mark.slow
@@ -70,7 +82,8 @@ def test_sigterm_mid_job_requeues_or_finishes_and_exits_in_time(
         t0 = time.monotonic()
         code = process.wait(timeout=KUBERNETES_GRACE_S * 3)
         exit_s = time.monotonic() - t0
-        leftovers = _group_alive(process.pid)  # its Dask workers, if any survived it
+        at_exit = _group(process.pid)  # its Dask workers, if still shutting down
+        gone_s = _group_gone_s(process.pid, t0, KUBERNETES_GRACE_S * 2)
         after_exit = ledger.get(spec.job_id) or {}
         queued = redis.Redis.from_url(broker.url).llen(queue)
         if outcome == "requeued":
@@ -89,16 +102,18 @@ def test_sigterm_mid_job_requeues_or_finishes_and_exits_in_time(
         partial_visible=len(reader.seen.partial),
         exit_s=round(exit_s, 1),
         exit_code=code,
-        workers_left=leftovers,
+        group_gone_s=round(gone_s, 1),
+        left_at_consumer_exit=len(at_exit),
         job_after_exit=observed,
         answer=(
-            f"job {observed} within the grace period; consumer exited in {exit_s:.1f} s"
+            f"job {observed} within the grace period; consumer exited in {exit_s:.1f} s, "
+            f"its Dask workers by {gone_s:.1f} s"
             + ("; another consumer committed it" if observed == "requeued" else "")
         ),
     )
     assert observed == outcome, after_exit
     assert exit_s < KUBERNETES_GRACE_S, exit_s
-    assert not leftovers
+    assert gone_s < KUBERNETES_GRACE_S, at_exit  # everything the consumer started is gone
     assert queued == (1 if outcome == "requeued" else 0)
     assert final["state"] == "done"
     assert reader.seen.partial == []
