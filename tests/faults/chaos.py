@@ -21,8 +21,31 @@ import redis
 
 from consumers.ledger import JOB_PREFIX
 from producer.local_consumer import start_consumer, stop_consumer, wait_until_ready
+from shared.jobspec import JobSpec
+from shared.settings import Settings
 
 Record = dict[str, str]
+
+
+@dataclass(frozen=True)
+class OneJob:
+    """A ``dti`` job on a queue of its own, results below ``s3://{bucket}/r``: what most
+    fault tests inject their fault into."""
+
+    queue: str
+    settings: Settings
+    spec: JobSpec
+
+    @classmethod
+    def make(cls, broker_url: str, bucket: str, subject_dir: Path, name: str) -> OneJob:
+        queue = f"{name}-{uuid.uuid4().hex[:6]}"
+        spec = JobSpec(pipeline="dti", input_uri=str(subject_dir), results_uri=f"s3://{bucket}/r")
+        return cls(queue, Settings(broker_url=broker_url, queue=queue), spec)  # type: ignore[arg-type]
+
+    @property
+    def prefix(self) -> str:
+        """The job's folder in the bucket."""
+        return f"r/{self.spec.result_prefix}"
 
 
 class StageEvents:

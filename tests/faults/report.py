@@ -46,6 +46,25 @@ requeues it. See [architecture.md](architecture.md) for where each rule is enfor
 """
 
 
+LIMITS = """\
+## Known limits
+
+- Orphans are removed by the next attempt that commits the job or finds it committed. A job
+  whose SIGKILLed attempt is followed only by failures (or a cancellation) keeps that attempt's
+  folder; no manifest names it, so no reader trusts it, but it takes space until a rerun.
+- On an existing Dask cluster (`tcp://`), tasks of a SIGKILLed consumer keep running until they
+  finish; a tracking shard can land in the dead attempt's folder after the sweep. It is never
+  named by a manifest (ignored), and removed by any later skip of the job.
+- A lease is renewed from a thread; while Redis is unreachable the holder assumes it still holds
+  it. The conditional commit, not the lease, is what rules out a second publication.
+- The SIGTERM grace is `soft_shutdown_s` (20 s) plus the time to tear the job's cluster down;
+  the measured exit times below include that teardown on this (shared, overloaded) machine.
+  Kubernetes' `terminationGracePeriodSeconds` must cover both.
+- Permanent S3 errors fail the job "at once" -- without a retry -- but only when the first
+  write is refused, i.e. after the compute: voxfleet does not probe write access up front.
+"""
+
+
 def _cell(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return text.replace("|", "\\|").replace("\n", " ")
@@ -94,7 +113,8 @@ def render(entries: list[dict[str, Any]], log: str) -> str:
         lines += ["| tried | answer | measured |", "|---|---|---|"]
         for e in rows:
             lines.append(f"| {_cell(e['name'])} | {_cell(e.get('answer', ''))} | {_measured(e)} |")
-    return "\n".join(lines) + "\n"
+    lines += ["", LIMITS]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

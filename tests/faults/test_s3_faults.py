@@ -18,7 +18,7 @@ from producer.jobs import submit, wait_for
 from producer.server import EmbeddedRedis
 from shared.jobspec import JobSpec
 from shared.settings import Settings
-from tests.faults.chaos import PublicationWatcher, StageEvents, fleet
+from tests.faults.chaos import OneJob, PublicationWatcher, StageEvents, fleet
 from tests.faults.netcut import CuttableLink, iam_enforcing_s3
 from tests.faults.record import record
 from tests.integration.harness import consumer_env
@@ -32,9 +32,8 @@ RETRY = re.compile(r"retry: Retry in ([0-9.]+)s")
 def test_s3_unreachable_for_30s_during_publish_is_retried_then_committed(
     broker: EmbeddedRedis, s3_endpoint: str, bucket: str, subject_dir: Path, tmp_path: Path
 ) -> None:
-    queue = f"s3out-{uuid.uuid4().hex[:6]}"
-    settings = Settings(broker_url=broker.url, queue=queue)  # type: ignore[arg-type]
-    spec = JobSpec(pipeline="dti", input_uri=str(subject_dir), results_uri=f"s3://{bucket}/r")
+    job = OneJob.make(broker.url, bucket, subject_dir, "s3out")
+    queue, settings, spec = job.queue, job.settings, job.spec
     ledger = Ledger.from_url(broker.url, 60)
     events = StageEvents(broker.url)
     with CuttableLink(int(s3_endpoint.rsplit(":", 1)[1])) as link:

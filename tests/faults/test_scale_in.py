@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import psutil
@@ -18,9 +17,7 @@ import redis
 from consumers.ledger import Ledger
 from producer.jobs import submit, wait_for
 from producer.server import EmbeddedRedis
-from shared.jobspec import JobSpec
-from shared.settings import Settings
-from tests.faults.chaos import PublicationWatcher, StageEvents, fleet
+from tests.faults.chaos import OneJob, PublicationWatcher, StageEvents, fleet
 from tests.faults.record import record
 from tests.integration.harness import consumer_env
 
@@ -61,9 +58,8 @@ def test_sigterm_mid_job_requeues_or_finishes_and_exits_in_time(
     stage: str,
     outcome: str,
 ) -> None:
-    queue = f"term-{uuid.uuid4().hex[:6]}"
-    settings = Settings(broker_url=broker.url, queue=queue)  # type: ignore[arg-type]
-    spec = JobSpec(pipeline="dti", input_uri=str(subject_dir), results_uri=f"s3://{bucket}/r")
+    job = OneJob.make(broker.url, bucket, subject_dir, "term")
+    queue, settings, spec = job.queue, job.settings, job.spec
     env = consumer_env(
         broker.url,
         s3_endpoint,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,8 @@ import pytest
 from consumers.ledger import Ledger
 from producer.jobs import submit, wait_for
 from producer.server import EmbeddedRedis
-from shared.jobspec import JobSpec
-from shared.settings import Settings
 from tests.faults.chaos import (
+    OneJob,
     PublicationWatcher,
     StageEvents,
     attempts_seen,
@@ -52,22 +50,15 @@ def _env(broker: EmbeddedRedis, s3_endpoint: str, queue: str, **extra: str) -> d
     )
 
 
-def _manifest(s3: Any, bucket: str, spec: JobSpec) -> dict[str, Any]:
-    key = f"r/{spec.result_prefix}/manifest.json"
+def _json(s3: Any, bucket: str, key: str) -> dict[str, Any]:
     return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())  # type: ignore[no-any-return]
-
-
-def _timing_consumer(s3: Any, bucket: str, spec: JobSpec, attempt: str) -> str:
-    key = f"r/{spec.result_prefix}/{attempt}/timing.json"
-    return str(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["consumer"])
 
 
 def test_redelivered_copy_of_a_running_job_defers_and_publishes_nothing(
     broker: EmbeddedRedis, s3_endpoint: str, bucket: str, subject_dir: Path, tmp_path: Path
 ) -> None:
-    queue = f"vis-{uuid.uuid4().hex[:6]}"
-    settings = Settings(broker_url=broker.url, queue=queue)  # type: ignore[arg-type]
-    spec = JobSpec(pipeline="dti", input_uri=str(subject_dir), results_uri=f"s3://{bucket}/r")
+    job = OneJob.make(broker.url, bucket, subject_dir, "vis")
+    queue, settings, spec = job.queue, job.settings, job.spec
     events = StageEvents(broker.url)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     with (
@@ -87,14 +78,15 @@ def test_redelivered_copy_of_a_running_job_defers_and_publishes_nothing(
 
     ledger = Ledger.from_url(broker.url, 60).get(spec.job_id)
     assert ledger is not None
-    manifest = _manifest(s3, bucket, spec)
-    attempts = attempts_seen(reader.seen.keys_ever, f"r/{spec.result_prefix}")
+    manifest = _json(s3, bucket, f"{job.prefix}/manifest.json")
+    consumer = _json(s3, bucket, f"{job.prefix}/{manifest['attempt']}/timing.json")["consumer"]
+    attempts = attempts_seen(reader.seen.keys_ever, job.prefix)
     record(
         "fault",
         "job outlives the visibility timeout: Redis redelivers it while it runs",
         injected=int(ledger["deferrals"]),
         lost=0 if ledger["state"] == "done" else 1,
-        duplicates=len(reader.seen.manifests_seen.get(f"r/{spec.result_prefix}", ())) - 1,
+        duplicates=len(reader.seen.manifests_seen.get(job.prefix, ())) - 1,
         partial_visible=len(reader.seen.partial),
         visibility_timeout_s=3,
         deferrals=int(ledger["deferrals"]),
@@ -105,17 +97,16 @@ def test_redelivered_copy_of_a_running_job_defers_and_publishes_nothing(
     assert int(ledger["deferrals"]) >= 1
     # Only the first consumer's attempt ever wrote anything; the copy never started.
     assert attempts == {manifest["attempt"]}
-    assert _timing_consumer(s3, bucket, spec, manifest["attempt"]).startswith(first)
+    assert consumer.startswith(first)
     assert reader.seen.partial == []
-    assert len(reader.seen.manifests_seen[f"r/{spec.result_prefix}"]) == 1
+    assert len(reader.seen.manifests_seen[job.prefix]) == 1
 
 
 def test_frozen_consumer_past_its_lease_loses_to_the_copy_and_publishes_nothing(
     broker: EmbeddedRedis, s3_endpoint: str, bucket: str, subject_dir: Path, tmp_path: Path
 ) -> None:
-    queue = f"frz-{uuid.uuid4().hex[:6]}"
-    settings = Settings(broker_url=broker.url, queue=queue)  # type: ignore[arg-type]
-    spec = JobSpec(pipeline="dti", input_uri=str(subject_dir), results_uri=f"s3://{bucket}/r")
+    job = OneJob.make(broker.url, bucket, subject_dir, "frz")
+    queue, settings, spec = job.queue, job.settings, job.spec
     events = StageEvents(broker.url)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     with (
@@ -143,11 +134,11 @@ def test_frozen_consumer_past_its_lease_loses_to_the_copy_and_publishes_nothing(
 
     ledger = Ledger.from_url(broker.url, 60).get(spec.job_id)
     assert ledger is not None
-    manifest = _manifest(s3, bucket, spec)
-    job_prefix = f"r/{spec.result_prefix}"
-    attempts = attempts_seen(reader.seen.keys_ever, job_prefix)
-    listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"{job_prefix}/")
-    left = {k["Key"][len(job_prefix) + 1 :].split("/", 1)[0] for k in listing["Contents"]}
+    manifest = _json(s3, bucket, f"{job.prefix}/manifest.json")
+    consumer = _json(s3, bucket, f"{job.prefix}/{manifest['attempt']}/timing.json")["consumer"]
+    attempts = attempts_seen(reader.seen.keys_ever, job.prefix)
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"{job.prefix}/")
+    left = {k["Key"][len(job.prefix) + 1 :].split("/", 1)[0] for k in listing["Contents"]}
     log = consumers.log(frozen).read_text()
     how = (
         "stopped at its next stage boundary (lease lost)"
@@ -161,15 +152,15 @@ def test_frozen_consumer_past_its_lease_loses_to_the_copy_and_publishes_nothing(
         "consumer frozen (SIGSTOP) past its lease; the redelivered copy takes the job over",
         injected=1,
         lost=0 if ledger["state"] == "done" else 1,
-        duplicates=len(reader.seen.manifests_seen.get(job_prefix, ())) - 1,
+        duplicates=len(reader.seen.manifests_seen.get(job.prefix, ())) - 1,
         partial_visible=len(reader.seen.partial),
         attempt_folders_ever_seen=len(attempts),
         attempt_folders_left=len(left - {"manifest.json"}),
         answer=f"the copy committed; the woken consumer {how} and deleted its files",
     )
     assert ledger["state"] == "done"
-    assert not _timing_consumer(s3, bucket, spec, manifest["attempt"]).startswith(frozen)
+    assert not consumer.startswith(frozen)
     assert how != "unknown", log[-3000:]
     assert left == {"manifest.json", manifest["attempt"]}
     assert reader.seen.partial == []
-    assert len(reader.seen.manifests_seen[job_prefix]) == 1
+    assert len(reader.seen.manifests_seen[job.prefix]) == 1
