@@ -46,7 +46,7 @@ def _group_gone_s(pgid: int, t0: float, limit_s: float) -> float:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     ("soft_shutdown_s", "stage", "outcome"),
-    [(3.0, "dti", "requeued"), (KUBERNETES_GRACE_S - 10, "qc", "finished")],
+    [(3.0, "dti", "requeued"), (KUBERNETES_GRACE_S - 10, "qc", "done")],
 )
 def test_sigterm_mid_job_requeues_or_finishes_and_exits_in_time(
     broker: EmbeddedRedis,
