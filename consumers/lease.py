@@ -75,7 +75,7 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl_ms / 3000):
-            if not self._renew():
+            if not self._renew() and not self._lost.is_set():
                 log.warning("lease %s lost; this attempt will stop at its next stage", self.key)
                 self._lost.set()
 

@@ -69,6 +69,15 @@ class Ledger:
         pipe.hset(key, "deferred_for", holder or "")
         pipe.execute()
 
+    def superseded(self, job_id: str, how: str) -> None:
+        """An attempt stood down because another one took the job over (it publishes nothing;
+        the other attempt records the outcome)."""
+        key = JOB_PREFIX + job_id
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, "superseded", 1)
+        pipe.hset(key, "superseded_how", how)
+        pipe.execute()
+
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw: dict[Any, Any] = self.redis.hgetall(JOB_PREFIX + job_id)
         if not raw:

@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    state: str  # "done" (this run committed) or "skipped" (a manifest with this key existed)
+    # "done": this run committed; "skipped": a manifest with this key existed already;
+    # "superseded": another attempt committed while this one ran (it lost the conditional put)
+    state: str
     manifest_uri: str
     timing: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -101,7 +103,7 @@ def execute(
     publication = publish(results, spec, attempt, files, result.summary, timing)
     timer.record("commit", time.perf_counter() - t0)
     orphans = _remove_orphans(job_store, publication.manifest.attempt)
-    state = "done" if publication.committed else "skipped"
+    state = "done" if publication.committed else "superseded"
     if not publication.committed:
         log.warning("job %s lost the commit race; kept the existing manifest", spec.job_id)
     return Outcome(state, publication.manifest_uri, timer.as_dict(), result.summary, orphans)

@@ -175,6 +175,7 @@ def _run(task: Task, job_id: str, spec: JobSpec, payload: Any, consumer: str, le
     except LeaseLost as exc:
         # Another delivery took the job over while this one stalled; it records the outcome.
         log.warning("job %s abandoned: %s", job_id, exc)
+        ledger.superseded(job_id, "lease lost: stopped at a stage boundary")
         return "superseded"
     except TransientError as exc:
         if task.request.retries >= settings.max_retries:
@@ -195,6 +196,9 @@ def _run(task: Task, job_id: str, spec: JobSpec, payload: Any, consumer: str, le
         _fail(job_id, f"{type(exc).__name__}: {exc}", payload)
         return "failed"
 
+    if outcome.state == "superseded":
+        ledger.superseded(job_id, "lost the conditional commit")
+        return outcome.state
     skipped = outcome.state == "skipped"
     ledger.record(
         job_id,
