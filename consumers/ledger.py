@@ -69,6 +69,9 @@ class Ledger:
         pipe.hset(key, "deferred_for", holder or "")
         pipe.execute()
 
+    def count(self, job_id: str, name: str, amount: int) -> None:
+        self.redis.hincrby(JOB_PREFIX + job_id, name, amount)
+
     def superseded(self, job_id: str, how: str) -> None:
         """An attempt stood down because another one took the job over (it publishes nothing;
         the other attempt records the outcome)."""

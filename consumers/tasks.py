@@ -182,7 +182,12 @@ def _run(task: Task, job_id: str, spec: JobSpec, payload: Any, consumer: str, le
             _fail(job_id, f"gave up after {task.request.retries} retries: {exc}", payload)
             return "failed"
         ledger.record(job_id, "retrying", reason=one_line(str(exc)))
-        raise task.retry(countdown=backoff_s(task.request.retries), exc=exc) from exc
+        # max_retries passed on: Celery's own default (3) would otherwise re-raise on the 4th
+        # retry, failing the task behind the job record's back (it stayed "retrying", the
+        # message acked: a lost job; found by the S3-outage fault test).
+        raise task.retry(
+            countdown=backoff_s(task.request.retries), exc=exc, max_retries=settings.max_retries
+        ) from exc
     except Cancelled as exc:
         ledger.record(job_id, "cancelled", reason=one_line(str(exc)))
         return "cancelled"
@@ -207,6 +212,7 @@ def _run(task: Task, job_id: str, spec: JobSpec, payload: Any, consumer: str, le
         result=outcome.manifest_uri,
         timing=outcome.timing or None,
         summary=outcome.summary or None,
-        orphans_removed=outcome.orphans_removed,
     )
+    if outcome.orphans_removed:  # summed over deliveries: a later skip must not hide it
+        ledger.count(job_id, "orphans_removed", outcome.orphans_removed)
     return outcome.state
