@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 
 TLS_REDIS := build/redis-tls/redis-server
 
-.PHONY: demo test test-slow bench lint lock clean tls-server
+.PHONY: demo test test-slow bench lint lock clean tls-server reliability
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,17 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
+
+# Fault injection, bad inputs and security: every test appends what it measured to the
+# evidence log, and docs/reliability.md is rendered from it. Slow ones included (~30 min).
+RELIABILITY_LOG := build/reliability.jsonl
+# The suite is every test module that records evidence.
+RELIABILITY_TESTS = $(shell grep -rl --include='test_*.py' 'from tests.faults.record import' tests)
+reliability: $(STAMP)
+	mkdir -p build && : > $(RELIABILITY_LOG)
+	VOXFLEET_RELIABILITY_LOG=$(abspath $(RELIABILITY_LOG)) \
+		$(BIN)/python -m pytest -q -m "slow or not slow" $(RELIABILITY_TESTS)
+	VOXFLEET_RELIABILITY_LOG=$(abspath $(RELIABILITY_LOG)) $(BIN)/python -m tests.faults.report
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

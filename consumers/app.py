@@ -74,7 +74,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # An unacked message is redelivered once older than this (celery#5935): longer than
         # the longest job. Conditional manifest commits make a redelivery harmless anyway.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Look for expired unacked messages every interval (kombu's default throttle of 10
+            # would make that every 100 s): a killed consumer's job comes back promptly.
+            "unacked_restore_interval": settings.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
         "broker_connection_retry_on_startup": True,
         # A consumer that loses Redis mid-job lets the message be redelivered elsewhere.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
@@ -84,9 +90,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # limit themselves at stage boundaries (shared.timing.StageTimer).
         "task_time_limit": settings.job_time_limit_s + 300,
         "task_soft_time_limit": settings.job_time_limit_s,
-        # Scale-in: SIGTERM gives the running job this long, then it is requeued, not lost.
-        "worker_soft_shutdown_timeout": settings.soft_shutdown_s,
-        "worker_enable_soft_shutdown_on_idle": True,
+        # Scale-in: SIGTERM stays Celery's warm shutdown, bounded by consumers.shutdown (the job
+        # gets settings.soft_shutdown_s, then is requeued). Celery's own soft shutdown is left
+        # off: with the solo pool it freezes the job and cannot cancel it.
         # Events for Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

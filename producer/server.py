@@ -68,6 +68,7 @@ class EmbeddedRedis:
         binary: str | None = None,
         appendonly: bool = False,
         extra_args: list[str] | None = None,
+        config_file: Path | None = None,
     ) -> None:
         if username is not None and not password:
             raise ConfigError("an ACL user needs a password")
@@ -82,6 +83,8 @@ class EmbeddedRedis:
         self.binary = binary
         self.appendonly = appendonly
         self.extra_args = extra_args or []
+        # A config file (e.g. infra/redis/redis.conf) owns persistence; no --save/--appendonly.
+        self.config_file = config_file
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -121,13 +124,20 @@ class EmbeddedRedis:
     def start(self, port: int | None = None, timeout_s: float = 15.0) -> EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        # The config file, if any, must come first; command-line options then override it.
+        config = [str(self.config_file)] if self.config_file is not None else []
+        persistence = (
+            []
+            if self.config_file is not None
+            else ["--save", "", "--appendonly", "yes" if self.appendonly else "no"]
+        )
         args = [
             self.binary or server_binary(),
+            *config,
             *self._port_args(),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
+            *persistence,
             "--daemonize", "no",
             "--loglevel", "warning",
             *self._auth_args(),
@@ -160,6 +170,13 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, no goodbye (what a crashed node or OOM kill does)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
         self.process = None
 
     def restart(self) -> None:

@@ -364,7 +364,6 @@ PIPELINE_PARAMS: dict[str, type[PipelineParams]] = {
 PipelineName = Literal["dti", "tractography", "bundles", "microstructure"]
 
 
-
 def shown(value: str, limit: int = 60) -> str:
     """A user's value quoted for a one-line message: repr'd (no control characters) and bounded,
     so a hostile megabyte-long id cannot flood a log line or a terminal."""

@@ -91,13 +91,30 @@ class Settings(BaseSettings):
     )
 
     # Reliability. Redis redelivers an unacked message once it is older than the visibility
-    # timeout (celery#5935), so it must exceed the longest job, with margin.
-    visibility_timeout_s: int = Field(default=12 * 3600, ge=60)
+    # timeout (celery#5935), so it should exceed the longest job, with margin; a job that runs
+    # longer anyway is protected by its lease and the conditional commit (docs/reliability.md).
+    # Fault tests set it to seconds to see redeliveries happen.
+    visibility_timeout_s: int = Field(default=12 * 3600, ge=1)
+    unacked_restore_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often each consumer looks for unacked messages older than the "
+        "visibility timeout (a consumer SIGKILLed mid-job is noticed at most this late).",
+    )
+    lease_ttl_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running job's lease in Redis expires this long after its consumer's last "
+        "heartbeat (every third of it); until then a redelivered copy waits instead of running.",
+    )
     job_time_limit_s: int = Field(
         default=8 * 3600, ge=10, description="A job is failed past this; kept < visibility timeout."
     )
     soft_shutdown_s: float = Field(
-        default=30.0, ge=0, description="On SIGTERM, how long a consumer lets its job finish."
+        default=20.0,
+        ge=0,
+        description="On SIGTERM, how long a consumer lets its job finish before it requeues the "
+        "job and exits: within Kubernetes' default 30 s grace, leaving 10 s to clean up.",
     )
     max_retries: int = Field(default=5, ge=0, description="Retries of a transient failure.")
     # Liveness without Celery's remote control (a solo consumer answers none while it runs a
