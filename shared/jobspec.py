@@ -26,13 +26,16 @@ _ID_RE = re.compile(ID_PATTERN)
 CLUSTER_PATTERN = (
     r"^(local(:[1-9][0-9]{0,2})?|coiled|slurm|(tcp|tls)://[A-Za-z0-9_.\-]+:[0-9]{1,5})$"
 )
+_CLUSTER_RE = re.compile(CLUSTER_PATTERN)
 
 
 class PipelineParams(BaseModel):
     """Base of every pipeline's parameter model. ``version`` enters the job key: bump it when a
     change alters a pipeline's output, so campaigns re-run instead of skipping."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No NaN or infinity anywhere: `--param gamma=Infinity` parses as JSON, and a NaN compares
+    # false against every bound.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     version: ClassVar[str] = "1"
     #: The object that makes a folder one input when a campaign lists a prefix.
     input_marker: ClassVar[str] = "T1w/Diffusion/data.nii.gz"
@@ -220,6 +223,7 @@ class MicrostructureParams(PipelineParams):
     gamma: float | None = Field(
         default=None,
         gt=0,
+        le=1e12,
         description="Objectness structureness, intensity units; None = "
         "gamma_noise x the noise of an input sample (robust, from neighbour differences).",
     )
@@ -231,7 +235,10 @@ class MicrostructureParams(PipelineParams):
         "'otsu': Otsu's threshold of a strided sample of the objectness.",
     )
     min_fiber_voxels: int = Field(
-        default=100, ge=1, description="Components smaller than this are not counted as fibers."
+        default=100,
+        ge=1,
+        le=2**40,
+        description="Components smaller than this are not counted as fibers.",
     )
     orientation: bool = Field(default=True, description="Measure the mean fiber direction.")
     chunk_shape: tuple[int, int, int] | None = Field(
@@ -339,7 +346,7 @@ class BundlesParams(PipelineParams):
     @field_validator("atlas")
     @classmethod
     def _check_atlas(cls, value: str) -> str:
-        return _uri(value)
+        return check_uri(value)
 
     @model_validator(mode="after")
     def _lengths(self) -> BundlesParams:
@@ -357,18 +364,42 @@ PIPELINE_PARAMS: dict[str, type[PipelineParams]] = {
 PipelineName = Literal["dti", "tractography", "bundles", "microstructure"]
 
 
-def _uri(value: str) -> str:
-    if any(part == ".." for part in value.replace("\\", "/").split("/")):
-        raise ValueError(f"URI {value!r} contains '..'")
-    if not value.startswith(("s3://", "file://", "/", "./")) and "://" in value:
-        raise ValueError(f"URI {value!r}: use s3://bucket/prefix or a path")
-    return value.rstrip("/") or value
+def shown(value: str, limit: int = 60) -> str:
+    """A user's value quoted for a one-line message: repr'd (no control characters) and bounded,
+    so a hostile megabyte-long id cannot flood a log line or a terminal."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_id(value: str, what: str) -> str:
     if not _ID_RE.match(value) or ".." in value:
-        raise ValueError(f"{what} {value!r} is not a safe id (letters, digits, '_', '-', '.')")
+        raise ValueError(f"{what} {shown(value)} is not a safe id (letters, digits, '_', '-', '.')")
     return value
+
+
+# Percent-encoded '.', '/' and '\\' mean nothing to S3 or a filesystem, but any layer that decodes
+# them (a proxy, a browser, a later tool) would see a different path: refuse the ambiguity.
+_ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_uri(value: str) -> str:
+    """An input or results URI: ``s3://bucket/prefix`` or a path, nothing that could point
+    somewhere else than it seems, and no credentials (they would end up in manifests)."""
+    # First, so that no message below can echo a password.
+    if "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError(
+            "URI carries credentials (user@ or user:password@); use the AWS credential chain"
+        )
+    if _CONTROL.search(value):
+        raise ValueError(f"URI {shown(value)} contains control characters")
+    if any(part == ".." for part in value.replace("\\", "/").split("/")):
+        raise ValueError(f"URI {shown(value)} contains '..'")
+    if _ENCODED_SEPARATOR.search(value):
+        raise ValueError(f"URI {shown(value)} contains a percent-encoded '.', '/', '\\' or NUL")
+    if not value.startswith(("s3://", "file://", "/", "./")) and "://" in value:
+        raise ValueError(f"URI {shown(value)}: use s3://bucket/prefix or a path")
+    return value.rstrip("/") or value
 
 
 def describe(exc: ValidationError) -> str:
@@ -400,7 +431,7 @@ class ClusterSize(BaseModel):
 class JobSpec(BaseModel):
     """One unit of work: a pipeline over one subject or volume."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: Literal[1] = 1
     job_id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=r"^[A-Za-z0-9_-]{1,64}$")
@@ -410,14 +441,14 @@ class JobSpec(BaseModel):
     results_uri: str = Field(min_length=1, max_length=1024)
     subject: str = Field(default="", description="Derived from the input URI when empty.")
     params: dict[str, Any] = Field(default_factory=dict)
-    cluster: str | None = Field(default=None, pattern=CLUSTER_PATTERN)
+    cluster: str | None = Field(default=None, max_length=300)
     resources: ClusterSize = Field(default_factory=ClusterSize)
-    submitted_at: float = Field(default_factory=time.time)
+    submitted_at: float = Field(default_factory=time.time, ge=0)
 
     @field_validator("input_uri", "results_uri")
     @classmethod
-    def _check_uri(cls, value: str) -> str:
-        return _uri(value)
+    def _uri(cls, value: str) -> str:
+        return check_uri(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -450,6 +481,16 @@ class JobSpec(BaseModel):
     @classmethod
     def _subject(cls, value: str) -> str:
         return check_id(value, "subject id")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str | None) -> str | None:
+        if value is not None and not _CLUSTER_RE.match(value):
+            raise ValueError(
+                f"{shown(value)} is not a cluster spec "
+                "(local, local:N, coiled, slurm, tcp://host:port, tls://host:port)"
+            )
+        return value
 
     def parameters(self) -> PipelineParams:
         return PIPELINE_PARAMS[self.pipeline].model_validate(self.params)

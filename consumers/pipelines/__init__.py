@@ -8,7 +8,10 @@ from shared.errors import InvalidInput
 
 PIPELINES: dict[str, Pipeline] = {
     "dti": Pipeline(
-        load=dti.load, run=dti.run, worker_modules=("consumers.pipelines.dti", "dipy.reconst.dti")
+        load=dti.load,
+        run=dti.run,
+        worker_modules=("consumers.pipelines.dti", "dipy.reconst.dti"),
+        check=dti.check,
     ),
     "tractography": Pipeline(
         load=tractography.load,
@@ -21,6 +24,7 @@ PIPELINES: dict[str, Pipeline] = {
             "dipy.tracking.stopping_criterion",
             "dipy.io.streamline",
         ),
+        check=tractography.check,
     ),
     "bundles": Pipeline(
         load=bundles.load,
@@ -41,6 +45,7 @@ PIPELINES: dict[str, Pipeline] = {
             "consumers.pipelines.itk_objectness",
             "dask_image.ndmeasure",
         ),
+        check=microstructure.check,
     ),
 }
 
