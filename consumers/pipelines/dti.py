@@ -16,7 +16,6 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 
-from consumers.pipelines import qc
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.hcp import Subject, check_subject, load_subject
 from consumers.pipelines.remote import map_scattered
@@ -180,6 +179,10 @@ def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
         uploads["fa.nii.gz"] = write_nifti(ctx, "fa.nii.gz", fa, subject)
         uploads["md.nii.gz"] = write_nifti(ctx, "md.nii.gz", md, subject)
     if params.qc:
+        # Here, not at the top: Dask workers import this module for fit_chunk, and matplotlib
+        # costs each of them seconds of CPU at start-up for an image only the consumer draws.
+        from consumers.pipelines import qc
+
         with ctx.timer.stage("qc"):
             png = qc.save_mid_slices(
                 ctx.workdir / "out" / "qc" / "fa.png",

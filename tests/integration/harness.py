@@ -82,8 +82,9 @@ def dask_cluster_processes(log_dir: Path, n_workers: int = 2) -> Iterator[str]:
             )
         )  # fmt: skip
     try:
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(n_workers, timeout=120)
+        # Generous: on a host loaded to ~30 (2 cores) the scheduler took over 60 s to listen.
+        with Client(address, timeout=240) as client:
+            client.wait_for_workers(n_workers, timeout=240)
         yield address
     finally:
         for proc in reversed(procs):
