@@ -19,9 +19,10 @@ KEDA_CRDS = REPO.parent / "shared" / "schemas" / "keda"
 K8S_FILES = sorted([*K8S.glob("*.yaml"), *K8S.glob("keda/*.yaml"), *K8S.glob("examples/*.yaml")])
 KEDA_GROUP = "keda.sh/"
 
-# SIGTERM is Celery's warm shutdown (the job in hand finishes first), so every grace period must
-# outlast a whole job: the longest measured is the HCP-size tractography job, 1,955.9 s wall
-# (docs/benchmarks.md), plus the cluster's teardown and the commit.
+# On SIGTERM the job in hand gets VOXFLEET_SOFT_SHUTDOWN_S to finish, then is requeued
+# (consumers/shutdown.py). Deployments set it to outlast a whole job - the longest measured is
+# the HCP-size tractography job, 1,955.9 s wall (docs/benchmarks.md) - and every grace period
+# must outlast it plus the cluster's teardown and the commit.
 LONGEST_MEASURED_JOB_S = 1956
 TEARDOWN_MARGIN_S = 60
 MIN_GRACE_S = LONGEST_MEASURED_JOB_S + TEARDOWN_MARGIN_S

@@ -20,7 +20,9 @@ from tests.infra.manifests import (
     K8S_FILES,
     KEDA_CRDS,
     KEDA_GROUP,
+    LONGEST_MEASURED_JOB_S,
     MIN_GRACE_S,
+    TEARDOWN_MARGIN_S,
     consumer_pods,
     container,
     find,
@@ -161,6 +163,9 @@ def test_termination_grace_lets_the_job_in_hand_finish(owner: str) -> None:
     spec = dict(consumer_pods())[owner]
     settings = _settings_for(owner)
     assert spec["terminationGracePeriodSeconds"] >= MIN_GRACE_S
+    # The job's own deadline comes first, leaving the margin to requeue and tear down.
+    assert settings.soft_shutdown_s >= LONGEST_MEASURED_JOB_S
+    assert settings.soft_shutdown_s + TEARDOWN_MARGIN_S <= spec["terminationGracePeriodSeconds"]
     # Redis redelivers an unacked message older than this: it must outlast the longest job.
     assert settings.visibility_timeout_s > settings.job_time_limit_s
 
