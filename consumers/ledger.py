@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from shared.jobspec import JobSpec
+
 JOB_PREFIX = "voxfleet:job:"
 DEAD_LETTERS = "voxfleet:dead"
 DEAD_LETTER_CAP = 100_000  # a poison flood must not grow Redis without bound
@@ -55,6 +57,20 @@ class Ledger:
         pipe.expire(key, self.ttl_s)
         pipe.execute()
 
+    def record_queued(self, spec: JobSpec) -> None:
+        """A job about to be published: its state, what it is, and the spec itself."""
+        self.record(
+            spec.job_id,
+            "queued",
+            pipeline=spec.pipeline,
+            subject=spec.subject,
+            input_uri=spec.input_uri,
+            results_uri=spec.results_uri,
+            job_key=spec.key,
+            campaign=spec.campaign,
+            spec=spec.to_message(),
+        )
+
     def stage(self, job_id: str, stage: str) -> None:
         """The stage a running job just entered: live progress for status and for watchers."""
         self.redis.hset(
@@ -86,7 +102,7 @@ class Ledger:
         if not raw:
             return None
         record: dict[str, Any] = dict(raw)
-        for name in ("timing", "spec", "summary"):
+        for name in ("timing", "spec", "summary", "followups"):
             if name in record:
                 record[name] = json.loads(record[name])
         return record

@@ -138,9 +138,13 @@ def _compute(
             settings=settings,
             workdir=Path(scratch),
         )
-        # The cluster starts while the inputs download and validate. A bad input then costs a
-        # cluster start that is torn down at once; that is cheap locally, and the price of not
-        # adding the start-up to every good job.
+        # What is cheap to check is checked before any cluster exists (most bad inputs stop
+        # here). Then the cluster starts while the inputs download and validate: an input that
+        # is bad only inside its voxels costs a cluster start that is torn down at once; that
+        # is the price of not adding the start-up to every good job.
+        if pipeline.check is not None:
+            with timer.stage("check"):
+                pipeline.check(ctx)
         labels = {
             "job_key": spec.key,
             "job": spec.job_id,

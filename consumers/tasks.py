@@ -20,7 +20,7 @@ from celery.signals import (
 )
 
 from cluster import WarmPool
-from consumers import shutdown
+from consumers import followup, shutdown
 from consumers.app import TASK_NAME, app
 from consumers.lease import Lease, LeaseLost
 from consumers.ledger import Ledger, one_line
@@ -205,6 +205,9 @@ def _run(task: Task, job_id: str, spec: JobSpec, payload: Any, consumer: str, le
         ledger.superseded(job_id, "lost the conditional commit")
         return outcome.state
     skipped = outcome.state == "skipped"
+    # Before "done", so that whoever sees the job done can already find its follow-ups.
+    queue = (task.request.delivery_info or {}).get("routing_key") or settings.queue
+    chained = followup.enqueue(app, ledger, followup.followups(spec, outcome.manifest_uri), queue)
     ledger.record(
         job_id,
         "done",
@@ -212,6 +215,7 @@ def _run(task: Task, job_id: str, spec: JobSpec, payload: Any, consumer: str, le
         result=outcome.manifest_uri,
         timing=outcome.timing or None,
         summary=outcome.summary or None,
+        followups=chained or None,
     )
     if outcome.orphans_removed:  # summed over deliveries: a later skip must not hide it
         ledger.count(job_id, "orphans_removed", outcome.orphans_removed)
