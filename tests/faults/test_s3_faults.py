@@ -97,6 +97,7 @@ def _run_one(
         return wait_for([spec.job_id], settings, timeout_s=500)[spec.job_id]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_permanent_s3_errors_fail_the_job_at_once_with_the_reason(
     broker: EmbeddedRedis, s3_endpoint: str, subject_dir: Path, tmp_path: Path

@@ -32,6 +32,7 @@ def _fa(manifest_uri: str) -> np.ndarray:
     return np.asarray(nib.load(next(job.glob("*/fa.nii.gz"))).dataobj)
 
 
+@pytest.mark.timeout(900)  # 168 s at load 12; past 300 s at load 30
 def test_killed_worker_mid_stage_changes_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
