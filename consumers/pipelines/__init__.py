@@ -16,8 +16,9 @@ from functools import cache
 from consumers.pipelines.base import Pipeline
 from shared.errors import InvalidInput
 
-#: name -> (module with ``load`` and ``run``, modules its workers import while the cluster
-#: starts: the ones holding its task functions and the stack they use, nothing else).
+#: name -> (module with ``load``, ``run`` and optionally ``check``; modules its workers import
+#: while the cluster starts: the ones holding its task functions and the stack they use, nothing
+#: else).
 _ENTRIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "dti": ("consumers.pipelines.dti", ("consumers.pipelines.dti", "dipy.reconst.dti")),
     "tractography": (
@@ -29,12 +30,18 @@ _ENTRIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "dipy.reconst.dti",
         ),
     ),
+    "bundles": (
+        "consumers.pipelines.bundles",
+        ("consumers.pipelines.recognition", "dipy.segment.bundles", "dipy.align.streamlinear"),
+    ),
     "microstructure": (
         "consumers.pipelines.microstructure",
-        # itk_objectness loads ITK's wrappers and sets one ITK thread per worker process.
+        # itk_objectness loads ITK's wrappers and sets one ITK thread per worker process; the
+        # label graph is dask-image's.
         (
-            "consumers.pipelines.microstructure",
             "consumers.pipelines.itk_objectness",
+            "consumers.pipelines.ngff",
+            "consumers.pipelines.fiberstats",
             "dask_image.ndmeasure",
         ),
     ),
@@ -45,7 +52,12 @@ _ENTRIES: dict[str, tuple[str, tuple[str, ...]]] = {
 def _load(name: str) -> Pipeline:
     module_name, worker_modules = _ENTRIES[name]
     module = importlib.import_module(module_name)
-    return Pipeline(load=module.load, run=module.run, worker_modules=worker_modules)
+    return Pipeline(
+        load=module.load,
+        run=module.run,
+        worker_modules=worker_modules,
+        check=getattr(module, "check", None),
+    )
 
 
 class _Registry(Mapping[str, Pipeline]):

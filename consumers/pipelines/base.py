@@ -1,7 +1,9 @@
 """What every pipeline is: two plain functions, no Celery.
 
-``load(ctx)`` reads and validates the inputs from ``ctx.inputs`` (raising ``InvalidInput`` with
-a one-line reason for anything wrong); it needs no cluster, and runs while one starts.
+``check(ctx)``, if a pipeline has one, validates what is cheap to read (sizes, small metadata)
+before any cluster starts. ``load(ctx)`` reads and validates the inputs from ``ctx.inputs``
+(raising ``InvalidInput`` with a one-line reason for anything wrong); it needs no cluster, and
+runs while one starts.
 ``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client``; workers write
 large outputs straight to ``ctx.out`` (the attempt's prefix) and the pipeline returns what they
 wrote, plus the small local files (maps, QC) for the consumer to upload. The consumer's publish
@@ -14,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from shared.jobspec import JobSpec
+from shared.errors import InvalidInput
+from shared.jobspec import JobSpec, PipelineParams
 from shared.settings import Settings
 from shared.store import ObjectInfo, ObjectStore
 from shared.timing import StageTimer
+
+P = TypeVar("P", bound=PipelineParams)
 
 
 @dataclass
@@ -30,6 +35,14 @@ class PipelineContext:
     timer: StageTimer
     settings: Settings
     workdir: Path  # local scratch, removed when the job ends
+
+    def params(self, model: type[P]) -> P:
+        """The job's parameters as the pipeline's own model (a spec routed to the wrong
+        pipeline is bad input, not a crash)."""
+        params = self.spec.parameters()
+        if not isinstance(params, model):
+            raise InvalidInput(f"{self.spec.pipeline} job given {type(params).__name__} parameters")
+        return params
 
 
 @dataclass
@@ -46,3 +59,6 @@ class Pipeline(NamedTuple):
     run: Callable[[PipelineContext, Any, Any], PipelineResult]
     #: Imported on every Dask worker while the cluster starts, off the job's critical path.
     worker_modules: tuple[str, ...] = ()
+    #: Cheap validation (object sizes, small metadata, parameters against the input) that runs
+    #: before any cluster starts, so the commonest bad inputs cost no cluster at all.
+    check: Callable[[PipelineContext], None] | None = None

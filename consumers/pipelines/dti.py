@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.hcp import Subject, load_subject
+from consumers.pipelines.hcp import Subject, check_subject, load_subject
 from consumers.pipelines.remote import map_scattered
 from shared.errors import InvalidInput
 from shared.jobspec import DtiParams
@@ -28,27 +28,31 @@ MIN_DWI_VOLUMES = 6
 WM_FA_THRESHOLD = 0.2  # a common FA cut for "white matter" in summaries; no segmentation needed
 
 
-def _params(ctx: PipelineContext) -> DtiParams:
-    params = ctx.spec.parameters()
-    if not isinstance(params, DtiParams):
-        raise InvalidInput(f"dti pipeline given {type(params).__name__} parameters")
-    return params
+def _enough_volumes(gtab: Any, params: DtiParams) -> None:
+    n_dwi = int(np.count_nonzero(~gtab.b0s_mask))
+    if n_dwi < MIN_DWI_VOLUMES:
+        raise InvalidInput(
+            f"only {n_dwi} diffusion-weighted volumes (b > {params.b0_threshold:g}); "
+            f"a tensor fit needs at least {MIN_DWI_VOLUMES}"
+        )
+
+
+def check(ctx: PipelineContext) -> None:
+    """Before any cluster starts: inputs present and sized, gradient table usable."""
+    params = ctx.params(DtiParams)
+    gtab = check_subject(ctx.inputs, ctx.settings, b0_threshold=params.b0_threshold)
+    _enough_volumes(gtab, params)
 
 
 def load(ctx: PipelineContext) -> Subject:
     """Read and validate the subject; runs before any cluster exists."""
-    params = _params(ctx)
+    params = ctx.params(DtiParams)
     with ctx.timer.stage("load"):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         subject = load_subject(
             ctx.inputs, ctx.workdir, ctx.settings, b0_threshold=params.b0_threshold
         )
-        n_dwi = int(np.count_nonzero(~subject.gtab.b0s_mask))
-        if n_dwi < MIN_DWI_VOLUMES:
-            raise InvalidInput(
-                f"only {n_dwi} diffusion-weighted volumes (b > {params.b0_threshold:g}); "
-                f"a tensor fit needs at least {MIN_DWI_VOLUMES}"
-            )
+        _enough_volumes(subject.gtab, params)
     return subject
 
 
@@ -167,7 +171,7 @@ def _summary(
 
 
 def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
-    params = _params(ctx)
+    params = ctx.params(DtiParams)
     with ctx.timer.stage("dti"):
         fa, md, n_chunks = fit_tensor(ctx, subject, client, params)
     uploads: dict[str, Path] = {}

@@ -48,24 +48,28 @@ class Loaded:
     gamma: dict[str, Any]
 
 
-def _params(ctx: PipelineContext) -> MicrostructureParams:
-    params = ctx.spec.parameters()
-    if not isinstance(params, MicrostructureParams):
-        raise InvalidInput(f"microstructure pipeline given {type(params).__name__} parameters")
-    return params
+def _fits(shape: tuple[int, int, int], params: MicrostructureParams) -> None:
+    if 4 * max(params.sigmas) > min(shape):
+        raise InvalidInput(
+            f"sigma {max(params.sigmas):g} is too large for a volume of {shape}: "
+            f"the smallest side must be at least 4 sigma ({4 * max(params.sigmas):g})"
+        )
+
+
+def check(ctx: PipelineContext) -> None:
+    """Before any cluster starts: a 3D Zarr v3 array of numbers within the limits (metadata
+    only), large enough for the largest sigma."""
+    params = ctx.params(MicrostructureParams)
+    volume = open_volume(ctx.inputs, ctx.settings, voxel_size=params.voxel_size, sample=False)
+    _fits(volume.shape, params)
 
 
 def load(ctx: PipelineContext) -> Loaded:
     """Open and validate the array, and fix gamma; runs before any cluster exists."""
-    params = _params(ctx)
+    params = ctx.params(MicrostructureParams)
     with ctx.timer.stage("load"):
         volume = open_volume(ctx.inputs, ctx.settings, voxel_size=params.voxel_size)
-        smallest = min(volume.shape)
-        if 4 * max(params.sigmas) > smallest:
-            raise InvalidInput(
-                f"sigma {max(params.sigmas):g} is too large for a volume of {volume.shape}: "
-                f"the smallest side must be at least 4 sigma ({4 * max(params.sigmas):g})"
-            )
+        _fits(volume.shape, params)
         if params.gamma is not None:
             gamma: dict[str, Any] = {"value": params.gamma, "method": "given"}
         else:
@@ -182,7 +186,7 @@ def _moments(labels: da.Array, n_labels: int, client: Any) -> np.ndarray:
 
 
 def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
-    params = _params(ctx)
+    params = ctx.params(MicrostructureParams)
     volume = loaded.volume
     n_workers, memory = _workers(client)
     halo = params.halo if params.halo is not None else loaded.spec.halo

@@ -145,6 +145,13 @@ class S3Store(ObjectStore):
             ].read()
             return body
 
+    def head_bytes(self, key: str, n: int) -> bytes:
+        with _s3_errors(self.uri_for(key)):
+            body: bytes = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{max(n, 1) - 1}"
+            )["Body"].read()
+            return body[:n]
+
     def get_file(self, key: str, dest: Path) -> Path:
         with _s3_errors(self.uri_for(key)):
             self.client.download_file(
@@ -208,6 +215,9 @@ class S3Store(ObjectStore):
         return True
 
     def delete_prefix(self, prefix: str) -> int:
+        # Never "" (everything below the store, a whole bucket for a bucket-root store), and
+        # nothing outside it: the same rule as every other key, as on disk.
+        prefix = safe_key(prefix)
         keys = [self._key(k) for k in self.list(prefix)]
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]
