@@ -55,7 +55,7 @@ def backoff_s(retries: int) -> float:
 @worker_process_init.connect
 def _warm_imports(**_: Any) -> None:
     # Import the scientific stack once per consumer, not inside the first job's timing.
-    import consumers.pipelines  # noqa: F401
+    from consumers.pipelines import PIPELINES  # noqa: F401 - builds the registry
 
 
 def _cancel_check(ledger: Ledger, spec: JobSpec) -> Callable[[str], None] | None:

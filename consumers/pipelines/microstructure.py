@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from consumers.pipelines.zarrstore import ObjectZarrStore
 from shared.errors import InvalidInput
 from shared.jobspec import MicrostructureParams
 from shared.store import ObjectInfo
+from shared.timing import process_cpu_s
 
 OUTPUT = "fibers.ome.zarr"
 LABEL_NAME = "fibers"
@@ -110,13 +110,6 @@ def _busy(stream: Any, part_of_key: str) -> dict[str, float]:
     return {k: round(v, 6) for k, v in sorted(busy.items())}
 
 
-def process_cpu_s() -> float:
-    """CPU seconds of the calling process (run on each worker): busy seconds are wall time,
-    which other jobs on a shared machine inflate; CPU seconds are the work done."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return float(usage.ru_utime + usage.ru_stime)
-
-
 def _workers_cpu(client: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in client.run(process_cpu_s).items()}
 
@@ -138,20 +131,25 @@ def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: A
     source = da.from_zarr(loaded.volume.array, chunks=plan.dask_chunks)
     cpu0 = _workers_cpu(client)
     with ctx.timer.stage("vesselness"), get_task_stream(client) as stream:
-        lazy = source.map_overlap(
+        # overlap + map_blocks rather than map_overlap: each task returns its chunk without
+        # the halo, so ITK computes the halo's Hessian (needed) but not its objectness.
+        padded = da.overlap.overlap(
+            source, depth=plan.halo, boundary="reflect" if plan.boundary == "reflect" else "none"
+        )
+        lazy = padded.map_blocks(
             objectness_block,
-            depth=plan.halo,
-            boundary=plan.boundary,
-            trim=True,
+            chunks=source.chunks,
             dtype=np.float32,
             meta=np.empty((0, 0, 0), dtype=np.float32),
             spec=loaded.spec,
-            name="objectness",
+            halo=plan.halo,
+            pad_faces=plan.boundary == "reflect",
+            token="objectness",  # noqa: S106 - the key prefix; dask appends a hash
         )
         vessel: da.Array = client.persist(lazy)
         wait(vessel)
         _raise_task_errors(vessel)
-    ctx.timer.extra["vesselness_workers_busy_s"] = _busy(stream, "overlap")
+    ctx.timer.extra["vesselness_workers_busy_s"] = _busy(stream, "objectness")
     ctx.timer.extra["vesselness_workers_cpu_s"] = _cpu_delta(cpu0, _workers_cpu(client))
     return vessel
 
