@@ -14,12 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from shared.jobspec import JobSpec
+from shared.errors import InvalidInput
+from shared.jobspec import JobSpec, PipelineParams
 from shared.settings import Settings
 from shared.store import ObjectInfo, ObjectStore
 from shared.timing import StageTimer
+
+P = TypeVar("P", bound=PipelineParams)
 
 
 @dataclass
@@ -30,6 +33,14 @@ class PipelineContext:
     timer: StageTimer
     settings: Settings
     workdir: Path  # local scratch, removed when the job ends
+
+    def params(self, model: type[P]) -> P:
+        """The job's parameters as the pipeline's own model (a spec routed to the wrong
+        pipeline is bad input, not a crash)."""
+        params = self.spec.parameters()
+        if not isinstance(params, model):
+            raise InvalidInput(f"{self.spec.pipeline} job given {type(params).__name__} parameters")
+        return params
 
 
 @dataclass

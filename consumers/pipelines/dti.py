@@ -29,16 +29,9 @@ MIN_DWI_VOLUMES = 6
 WM_FA_THRESHOLD = 0.2  # a common FA cut for "white matter" in summaries; no segmentation needed
 
 
-def _params(ctx: PipelineContext) -> DtiParams:
-    params = ctx.spec.parameters()
-    if not isinstance(params, DtiParams):
-        raise InvalidInput(f"dti pipeline given {type(params).__name__} parameters")
-    return params
-
-
 def load(ctx: PipelineContext) -> Subject:
     """Read and validate the subject; runs before any cluster exists."""
-    params = _params(ctx)
+    params = ctx.params(DtiParams)
     with ctx.timer.stage("load"):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         subject = load_subject(
@@ -168,7 +161,7 @@ def _summary(
 
 
 def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
-    params = _params(ctx)
+    params = ctx.params(DtiParams)
     with ctx.timer.stage("dti"):
         fa, md, n_chunks = fit_tensor(ctx, subject, client, params)
     uploads: dict[str, Path] = {}

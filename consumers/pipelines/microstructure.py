@@ -48,16 +48,9 @@ class Loaded:
     gamma: dict[str, Any]
 
 
-def _params(ctx: PipelineContext) -> MicrostructureParams:
-    params = ctx.spec.parameters()
-    if not isinstance(params, MicrostructureParams):
-        raise InvalidInput(f"microstructure pipeline given {type(params).__name__} parameters")
-    return params
-
-
 def load(ctx: PipelineContext) -> Loaded:
     """Open and validate the array, and fix gamma; runs before any cluster exists."""
-    params = _params(ctx)
+    params = ctx.params(MicrostructureParams)
     with ctx.timer.stage("load"):
         volume = open_volume(ctx.inputs, ctx.settings, voxel_size=params.voxel_size)
         smallest = min(volume.shape)
@@ -180,7 +173,7 @@ def _moments(labels: da.Array, n_labels: int, client: Any) -> np.ndarray:
 
 
 def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
-    params = _params(ctx)
+    params = ctx.params(MicrostructureParams)
     volume = loaded.volume
     n_workers, memory = _workers(client)
     halo = params.halo if params.halo is not None else loaded.spec.halo

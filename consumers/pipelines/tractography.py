@@ -34,16 +34,9 @@ class Loaded:
     wm: NDArray[np.bool_] | None
 
 
-def _params(ctx: PipelineContext) -> TractographyParams:
-    params = ctx.spec.parameters()
-    if not isinstance(params, TractographyParams):
-        raise InvalidInput(f"tractography pipeline given {type(params).__name__} parameters")
-    return params
-
-
 def load(ctx: PipelineContext) -> Loaded:
     """Read and validate the subject (and its segmentation); runs before any cluster exists."""
-    params = _params(ctx)
+    params = ctx.params(TractographyParams)
     with ctx.timer.stage("load"):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         subject = load_subject(
@@ -100,7 +93,7 @@ def _rounded(busy: dict[str, float]) -> dict[str, float]:
 
 
 def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
-    params = _params(ctx)
+    params = ctx.params(TractographyParams)
     subject = loaded.subject
     with ctx.timer.stage("dti"):
         fa = _fa_volume(ctx, subject, client, params)

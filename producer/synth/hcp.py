@@ -29,7 +29,6 @@ LAS and avoid the question, but these are RAS+ by design.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import io
 import tempfile
@@ -45,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from producer.synth.anatomy import Anatomy, Tissue
+from producer.synth.gradients import gradient_scheme
 from shared.errors import InvalidInput
 from shared.jobspec import check_id
 from shared.store import ObjectInfo, ObjectStore
@@ -140,46 +140,6 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-@functools.lru_cache(maxsize=16)
-def _shell_directions(n: int, shell: int) -> F64:
-    """``n`` antipodally well-spread unit vectors; each shell gets its own fixed rotation so the
-    shells interleave, and half the vectors are flipped as HCP's full-sphere schemes are."""
-    from dipy.core.sphere import HemiSphere, disperse_charges
-
-    i = np.arange(n)
-    z = 1.0 - (i + 0.5) / n
-    phi = i * np.pi * (3.0 - np.sqrt(5.0))
-    r = np.sqrt(1.0 - z**2)
-    start = HemiSphere(xyz=np.stack([r * np.cos(phi), r * np.sin(phi), z], 1))
-    spread, _ = disperse_charges(start, 200, const=0.05)
-    rng = np.random.default_rng([0x5EED, shell])  # the scheme is the same for every subject
-    q, rr = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(rr))
-    flips = rng.choice([-1.0, 1.0], size=(n, 1))
-    vecs = (spread.vertices @ q.T) * flips
-    vecs = np.round(vecs / np.linalg.norm(vecs, axis=1, keepdims=True), 6)
-    return np.asarray(vecs, dtype=np.float64)
-
-
-def gradient_scheme(spec: SizeSpec) -> tuple[F64, F64]:
-    """(bvals (N,), bvecs (3, N)): shells interleaved, a b0 opening each block as HCP does."""
-    per_shell = [_shell_directions(spec.dirs_per_shell, s) for s in range(len(spec.shells))]
-    dw = [
-        (float(b), per_shell[s][i])
-        for i in range(spec.dirs_per_shell)
-        for s, b in enumerate(spec.shells)
-    ]
-    bvals: list[float] = []
-    bvecs: list[F64] = []
-    for block in np.array_split(np.arange(len(dw)), spec.n_b0):
-        bvals.append(0.0)
-        bvecs.append(np.zeros(3))
-        for k in block:
-            bvals.append(dw[k][0])
-            bvecs.append(dw[k][1])
-    return np.asarray(bvals, dtype=np.float64), np.asarray(bvecs, dtype=np.float64).T
-
-
 def _axis_coords(affine: F64, shape: tuple[int, int, int]) -> list[F64]:
     return [affine[a, a] * np.arange(shape[a]) + affine[a, 3] for a in range(3)]
 
@@ -218,7 +178,8 @@ class Phantom:
         self.spec = get_spec(size)
         self.seed = _check_seed(seed)
         self.anatomy = Anatomy.from_seed(self.seed)
-        self.bvals, self.bvecs = gradient_scheme(self.spec)
+        spec = self.spec
+        self.bvals, self.bvecs = gradient_scheme(spec.shells, spec.dirs_per_shell, spec.n_b0)
         shape = self.spec.shape
         fields: dict[str, npt.NDArray[Any]] = {
             "wm": np.zeros(shape, np.float32),

@@ -11,7 +11,7 @@ from dipy.core.gradients import gradient_table
 from dipy.io.gradients import read_bvals_bvecs
 from dipy.reconst.dti import TensorModel
 
-from producer.synth import hcp
+from producer.synth import gradients, hcp
 from producer.synth.anatomy import WM_LABELS, Anatomy
 from shared.errors import InvalidInput
 from shared.store import LocalStore, ObjectInfo
@@ -195,7 +195,7 @@ def test_hcp_spec_and_gradient_table() -> None:
     assert spec.shape == (145, 174, 145) and spec.voxel_mm == 1.25
     assert spec.t1_shape == (260, 311, 260) and spec.t1_voxel_mm == 0.7
     assert spec.n_volumes == 288
-    bvals, bvecs = hcp.gradient_scheme(spec)
+    bvals, bvecs = gradients.gradient_scheme(spec.shells, spec.dirs_per_shell, spec.n_b0)
     assert bvals.shape == (288,) and bvecs.shape == (3, 288)
     assert (bvals == 0).sum() == 18 and bvals[0] == 0
     for shell in (1000, 2000, 3000):
