@@ -120,6 +120,21 @@ def _raise_task_errors(collection: Any) -> None:
             future.result()
 
 
+def _cores(
+    padded: tuple[tuple[int, ...], ...], halo: int, pad_faces: bool
+) -> tuple[tuple[int, ...], ...]:
+    """Block sizes without their halos (``overlap()`` may have merged small chunks first)."""
+    return tuple(
+        tuple(
+            c
+            - (halo if pad_faces or i > 0 else 0)
+            - (halo if pad_faces or i < len(axis) - 1 else 0)
+            for i, c in enumerate(axis)
+        )
+        for axis in padded
+    )
+
+
 def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: Any) -> da.Array:
     source = da.from_zarr(loaded.volume.array, chunks=plan.dask_chunks)
     cpu0 = _workers_cpu(client)
@@ -129,17 +144,20 @@ def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: A
         padded = da.overlap.overlap(
             source, depth=plan.halo, boundary="reflect" if plan.boundary == "reflect" else "none"
         )
+        pad_faces = plan.boundary == "reflect"
         lazy = padded.map_blocks(
             objectness_block,
-            chunks=source.chunks,
+            chunks=_cores(padded.chunks, plan.halo, pad_faces),
             dtype=np.float32,
             meta=np.empty((0, 0, 0), dtype=np.float32),
             spec=loaded.spec,
             halo=plan.halo,
-            pad_faces=plan.boundary == "reflect",
+            pad_faces=pad_faces,
             token="objectness",  # noqa: S106 - the key prefix; dask appends a hash
         )
-        vessel: da.Array = client.persist(lazy)
+        # A no-op unless overlap() merged chunks smaller than the halo: the writes need the
+        # plan's chunks, whole multiples of the storage chunk.
+        vessel: da.Array = client.persist(lazy.rechunk(plan.dask_chunks))
         wait(vessel)
         _raise_task_errors(vessel)
     ctx.timer.extra["vesselness_workers_busy_s"] = _busy(stream, "objectness")
