@@ -26,15 +26,24 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Measurement:
     wall_s: float = 0.0
     cpu_s: float = 0.0  # user + system, this process and every reaped descendant
+    own_cpu_s: float = 0.0  # this process alone (its threads: a LocalCluster's scheduler, nannies)
 
     def as_dict(self) -> dict[str, float]:
-        return {"wall_s": round(self.wall_s, 4), "cpu_s": round(self.cpu_s, 4)}
+        return {
+            "wall_s": round(self.wall_s, 4),
+            "cpu_s": round(self.cpu_s, 4),
+            "own_cpu_s": round(self.own_cpu_s, 4),
+        }
+
+
+def _own_cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 def _cpu_now() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return _own_cpu() + kids.ru_utime + kids.ru_stime
 
 
 @contextmanager
@@ -42,12 +51,13 @@ def measure() -> Iterator[Measurement]:
     """Wall and CPU seconds of the block. Child processes count once they have exited and been
     waited for, so close clusters inside the block."""
     result = Measurement()
-    cpu0, wall0 = _cpu_now(), time.perf_counter()
+    cpu0, own0, wall0 = _cpu_now(), _own_cpu(), time.perf_counter()
     try:
         yield result
     finally:
         result.wall_s = time.perf_counter() - wall0
         result.cpu_s = _cpu_now() - cpu0
+        result.own_cpu_s = _own_cpu() - own0
 
 
 def machine() -> dict[str, Any]:

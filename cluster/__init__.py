@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from distributed import Client
 
 from cluster.address import AddressBackend
-from cluster.base import ClusterBackend
+from cluster.base import ClusterBackend, process_cpu_s
 from cluster.coiled import CoiledBackend
 from cluster.local import LocalBackend
 from cluster.pool import WarmPool
@@ -68,6 +68,8 @@ def _start(backend: ClusterBackend, warm_modules: Sequence[str]) -> Client:
         t0 = time.perf_counter()
         client.run(_import_modules, list(warm_modules))
         backend.acquire_s += time.perf_counter() - t0
+    if backend.owns_cluster:
+        backend.startup_cpu_s = client.run(process_cpu_s)
     return client
 
 

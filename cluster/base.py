@@ -4,6 +4,7 @@ release, describes the cluster for ``timing.json``, and guarantees teardown."""
 
 from __future__ import annotations
 
+import resource
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -37,6 +38,9 @@ class ClusterBackend(ABC):
         self.acquire_s = 0.0
         self.release_s = 0.0
         self.started_at = 0.0
+        #: Each worker process's CPU seconds once it was ready (interpreter, imports): the fixed
+        #: price of an ephemeral cluster. Only for clusters this backend started.
+        self.startup_cpu_s: dict[str, float] = {}
 
     @abstractmethod
     def _start(self) -> Client:
@@ -78,4 +82,19 @@ class ClusterBackend(ABC):
             info["threads"] = sum(w.get("nthreads", 0) for w in workers.values())
             info["memory_bytes"] = sum(w.get("memory_limit", 0) or 0 for w in workers.values())
             info["dashboard"] = self.client.dashboard_link
+            if self.owns_cluster:
+                # Everything the workers burnt for this job, start-up included (a cluster we did
+                # not start has history that is not ours, so it is not reported there).
+                info["worker_startup_cpu_s"] = _rounded(self.startup_cpu_s)
+                info["worker_cpu_s"] = _rounded(self.client.run(process_cpu_s))
         return info
+
+
+def process_cpu_s() -> float:
+    """User + system CPU seconds of the calling process since it started (runs on workers)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 3) for k, v in sorted(values.items())}

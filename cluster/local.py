@@ -12,7 +12,11 @@ from cluster.base import ClusterBackend
 from shared.jobspec import ClusterSize
 from shared.settings import Settings
 
-WORKER_DEATH_TIMEOUT_S = 30
+# Dask uses this both for how long an orphaned worker retries its scheduler and for how long
+# a nanny waits for its worker process to start (spawn, imports, connect). 30 s was too short
+# for the second on a loaded host: at load average ~20 on 2 cores, starts timed out and the job
+# failed before any work (seen 2026-11-22). An orphan spinning 2 minutes is the cheaper risk.
+WORKER_DEATH_TIMEOUT_S = 120
 # Dask's defaults suit an interactive dashboard: a system monitor every 0.5 s and a sampling
 # profiler cost an idle 2-worker cluster ~6 CPU s a minute, charged to every job. A batch
 # cluster needs neither at that rate (measured in docs/benchmarks.md, tractography).

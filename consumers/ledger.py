@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from shared.jobspec import JobSpec
+
 JOB_PREFIX = "voxfleet:job:"
 DEAD_LETTERS = "voxfleet:dead"
 DEAD_LETTER_CAP = 100_000  # a poison flood must not grow Redis without bound
@@ -55,12 +57,52 @@ class Ledger:
         pipe.expire(key, self.ttl_s)
         pipe.execute()
 
+    def record_queued(self, spec: JobSpec) -> None:
+        """A job about to be published: its state, what it is, and the spec itself."""
+        self.record(
+            spec.job_id,
+            "queued",
+            pipeline=spec.pipeline,
+            subject=spec.subject,
+            input_uri=spec.input_uri,
+            results_uri=spec.results_uri,
+            job_key=spec.key,
+            campaign=spec.campaign,
+            spec=spec.to_message(),
+        )
+
+    def stage(self, job_id: str, stage: str) -> None:
+        """The stage a running job just entered: live progress for status and for watchers."""
+        self.redis.hset(
+            JOB_PREFIX + job_id, mapping={"stage": stage, "stage_at": repr(time.time())}
+        )
+
+    def deferred(self, job_id: str, holder: str | None) -> None:
+        """A delivery found the job's lease held by another attempt and put itself off."""
+        key = JOB_PREFIX + job_id
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, "deferrals", 1)
+        pipe.hset(key, "deferred_for", holder or "")
+        pipe.execute()
+
+    def count(self, job_id: str, name: str, amount: int) -> None:
+        self.redis.hincrby(JOB_PREFIX + job_id, name, amount)
+
+    def superseded(self, job_id: str, how: str) -> None:
+        """An attempt stood down because another one took the job over (it publishes nothing;
+        the other attempt records the outcome)."""
+        key = JOB_PREFIX + job_id
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, "superseded", 1)
+        pipe.hset(key, "superseded_how", how)
+        pipe.execute()
+
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw: dict[Any, Any] = self.redis.hgetall(JOB_PREFIX + job_id)
         if not raw:
             return None
         record: dict[str, Any] = dict(raw)
-        for name in ("timing", "spec", "summary"):
+        for name in ("timing", "spec", "summary", "followups"):
             if name in record:
                 record[name] = json.loads(record[name])
         return record

@@ -20,7 +20,7 @@ from typing import Any
 import cluster
 from consumers.pipelines import get_pipeline
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.publish import publish, upload_all
+from consumers.publish import publish, remove_orphans, upload_all
 from shared.jobspec import JobSpec
 from shared.manifest import MANIFEST, read_manifest
 from shared.settings import Settings
@@ -32,10 +32,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    state: str  # "done" (this run committed) or "skipped" (a manifest with this key existed)
+    # "done": this run committed; "skipped": a manifest with this key existed already;
+    # "superseded": another attempt committed while this one ran (it lost the conditional put)
+    state: str
     manifest_uri: str
     timing: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    orphans_removed: int = 0  # objects of dead attempts deleted after the commit
 
 
 def execute(
@@ -53,7 +56,13 @@ def execute(
     existing = read_manifest(results, spec.result_prefix)
     if existing is not None:
         log.info("job %s already committed as %s", spec.job_id, existing.job_id)
-        return Outcome("skipped", job_store.uri_for(MANIFEST), summary=existing.summary)
+        orphans = _remove_orphans(job_store, existing.attempt)
+        return Outcome(
+            "skipped",
+            job_store.uri_for(MANIFEST),
+            summary=existing.summary,
+            orphans_removed=orphans,
+        )
 
     timer = StageTimer(deadline=started + settings.job_time_limit_s, check=check)
     timer.record("queue_wait", started - spec.submitted_at)
@@ -78,6 +87,14 @@ def execute(
         consumer=consumer or socket.gethostname(),
         finished_at=time.time(),
     )
+    # The last boundary before anything becomes visible: a cancelled job, or an attempt whose
+    # lease another attempt took over, stops here (and its files go with it).
+    try:
+        timer.boundary("commit")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            job_store.delete_prefix(attempt)
+        raise
     t0 = time.perf_counter()
     timing = timer.as_dict()
     # timing.json cannot contain the time it takes to write itself and the manifest; that
@@ -85,10 +102,20 @@ def execute(
     files = [*result.files, *uploaded]
     publication = publish(results, spec, attempt, files, result.summary, timing)
     timer.record("commit", time.perf_counter() - t0)
+    orphans = _remove_orphans(job_store, publication.manifest.attempt)
+    state = "done" if publication.committed else "superseded"
     if not publication.committed:
         log.warning("job %s lost the commit race; kept the existing manifest", spec.job_id)
-        return Outcome("skipped", publication.manifest_uri, timer.as_dict(), result.summary)
-    return Outcome("done", publication.manifest_uri, timer.as_dict(), result.summary)
+    return Outcome(state, publication.manifest_uri, timer.as_dict(), result.summary, orphans)
+
+
+def _remove_orphans(job_store: ObjectStore, committed_attempt: str) -> int:
+    """Best effort: a failure here leaves garbage no reader trusts, never a wrong result."""
+    try:
+        return remove_orphans(job_store, committed_attempt)
+    except Exception as exc:
+        log.warning("could not remove orphaned attempts below %s: %s", job_store.uri, exc)
+        return 0
 
 
 def _compute(
@@ -111,9 +138,13 @@ def _compute(
             settings=settings,
             workdir=Path(scratch),
         )
-        # The cluster starts while the inputs download and validate. A bad input then costs a
-        # cluster start that is torn down at once; that is cheap locally, and the price of not
-        # adding the start-up to every good job.
+        # What is cheap to check is checked before any cluster exists (most bad inputs stop
+        # here). Then the cluster starts while the inputs download and validate: an input that
+        # is bad only inside its voxels costs a cluster start that is torn down at once; that
+        # is the price of not adding the start-up to every good job.
+        if pipeline.check is not None:
+            with timer.stage("check"):
+                pipeline.check(ctx)
         labels = {
             "job_key": spec.key,
             "job": spec.job_id,

@@ -5,15 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import random
+import uuid
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.exceptions import Reject
+from celery.signals import (
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from cluster import WarmPool
+from consumers import followup, shutdown
 from consumers.app import TASK_NAME, app
+from consumers.lease import Lease, LeaseLost
 from consumers.ledger import Ledger, one_line
 from consumers.runner import execute
 from shared.errors import Cancelled, InvalidInput, TransientError, VoxfleetError
@@ -43,6 +52,11 @@ def _release_warm_cluster(**_: Any) -> None:
         pool.close()
 
 
+@worker_shutting_down.connect
+def _bound_the_grace_period(**_: Any) -> None:
+    shutdown.arm(get_settings().soft_shutdown_s)
+
+
 def backoff_s(retries: int) -> float:
     """Exponential backoff with full jitter, so a fleet hit by one S3 outage does not retry in
     lockstep."""
@@ -55,20 +69,46 @@ def backoff_s(retries: int) -> float:
 @worker_process_init.connect
 def _warm_imports(**_: Any) -> None:
     # Import the scientific stack once per consumer, not inside the first job's timing.
-    from consumers.pipelines import PIPELINES  # noqa: F401 - builds the registry
+    from consumers.pipelines import PIPELINES
+
+    for name in PIPELINES:  # the registry is lazy: load each pipeline, and its stack, now
+        PIPELINES[name]
 
 
-def _cancel_check(ledger: Ledger, spec: JobSpec) -> Callable[[str], None] | None:
-    """Stop a job of a cancelled campaign at its next stage boundary (one HGET per stage)."""
-    if not spec.campaign:
-        return None
+def _stage_hook(ledger: Ledger, job_id: str, spec: JobSpec, lease: Lease) -> Callable[[str], None]:
+    """Run at every stage boundary: publish the stage, stop if the campaign was cancelled
+    (one HGET) or if another attempt took the job's lease over (one EVAL)."""
     campaign = spec.campaign
 
     def check(stage: str) -> None:
-        if ledger.campaign_cancelled(campaign):
+        if campaign and ledger.campaign_cancelled(campaign):
             raise Cancelled(f"campaign {campaign} cancelled before stage {stage}")
+        lease.check()  # before the stage is published: a superseded attempt writes nothing
+        ledger.stage(job_id, stage)
 
     return check
+
+
+def _defer(task: Task, payload: Any, job_id: str, holder: str | None) -> str:
+    """Another attempt holds the job's lease (typically: Redis redelivered the message of a
+    job that is still running, after the visibility timeout). Running it twice would waste a
+    cluster and race the commit; dropping the message would lose the job if that attempt dies.
+    So publish the message again for later -- it will find the job committed, or the lease
+    expired -- and ack this one."""
+    settings = get_settings()
+    delay = min(settings.lease_ttl_s, settings.visibility_timeout_s / 4)
+    delivery = task.request.delivery_info or {}
+    app.send_task(
+        TASK_NAME,
+        args=[payload],
+        task_id=job_id,
+        countdown=delay,
+        queue=delivery.get("routing_key") or settings.queue,
+        retries=task.request.retries,  # a deferral is not a retry of a failure
+    )
+    ledger_for_consumer().deferred(job_id, holder)
+    log.info("job %s deferred %.1f s: its lease is held by %s", job_id, delay, holder)
+    return "deferred"
 
 
 def _fail(job_id: str, reason: str, body: Any) -> None:
@@ -99,6 +139,19 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
         return "cancelled"
 
     consumer = f"{self.request.hostname}"
+    lease = Lease(
+        ledger.redis, spec.key, f"{consumer} {uuid.uuid4().hex[:12]}", settings.lease_ttl_s
+    )
+    if not lease.acquire():
+        return _defer(self, payload, job_id, lease.holder())
+    with lease:
+        return _run(self, job_id, spec, payload, consumer, lease)
+
+
+def _run(task: Task, job_id: str, spec: JobSpec, payload: Any, consumer: str, lease: Lease) -> str:
+    """The job under its lease: run it, record the outcome, retry or fail."""
+    settings = get_settings()
+    ledger = ledger_for_consumer()
     ledger.record(
         job_id,
         "running",
@@ -106,21 +159,38 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
         pipeline=spec.pipeline,
         subject=spec.subject,
         job_key=spec.key,
+        stage="",
     )
     try:
-        outcome = execute(
-            spec,
-            settings,
-            consumer=consumer,
-            check=_cancel_check(ledger, spec),
-            pool=warm_pool(),
-        )
+        with shutdown.job_in_progress():
+            outcome = execute(
+                spec,
+                settings,
+                consumer=consumer,
+                check=_stage_hook(ledger, job_id, spec, lease),
+                pool=warm_pool(),
+            )
+    except shutdown.ShutdownRequested:
+        # The attempt's files are gone and its cluster is down; back into the queue at once.
+        ledger.record(job_id, "queued", reason="requeued: its consumer shut down mid-job")
+        log.warning("job %s requeued: the consumer is shutting down", job_id)
+        raise Reject("consumer shutting down", requeue=True) from None
+    except LeaseLost as exc:
+        # Another delivery took the job over while this one stalled; it records the outcome.
+        log.warning("job %s abandoned: %s", job_id, exc)
+        ledger.superseded(job_id, "lease lost: stopped at a stage boundary")
+        return "superseded"
     except TransientError as exc:
-        if self.request.retries >= settings.max_retries:
-            _fail(job_id, f"gave up after {self.request.retries} retries: {exc}", payload)
+        if task.request.retries >= settings.max_retries:
+            _fail(job_id, f"gave up after {task.request.retries} retries: {exc}", payload)
             return "failed"
         ledger.record(job_id, "retrying", reason=one_line(str(exc)))
-        raise self.retry(countdown=backoff_s(self.request.retries), exc=exc) from exc
+        # max_retries passed on: Celery's own default (3) would otherwise re-raise on the 4th
+        # retry, failing the task behind the job record's back (it stayed "retrying", the
+        # message acked: a lost job; found by the S3-outage fault test).
+        raise task.retry(
+            countdown=backoff_s(task.request.retries), exc=exc, max_retries=settings.max_retries
+        ) from exc
     except Cancelled as exc:
         ledger.record(job_id, "cancelled", reason=one_line(str(exc)))
         return "cancelled"
@@ -134,7 +204,13 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
         _fail(job_id, f"{type(exc).__name__}: {exc}", payload)
         return "failed"
 
+    if outcome.state == "superseded":
+        ledger.superseded(job_id, "lost the conditional commit")
+        return outcome.state
     skipped = outcome.state == "skipped"
+    # Before "done", so that whoever sees the job done can already find its follow-ups.
+    queue = (task.request.delivery_info or {}).get("routing_key") or settings.queue
+    chained = followup.enqueue(app, ledger, followup.followups(spec, outcome.manifest_uri), queue)
     ledger.record(
         job_id,
         "done",
@@ -142,5 +218,8 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
         result=outcome.manifest_uri,
         timing=outcome.timing or None,
         summary=outcome.summary or None,
+        followups=chained or None,
     )
+    if outcome.orphans_removed:  # summed over deliveries: a later skip must not hide it
+        ledger.count(job_id, "orphans_removed", outcome.orphans_removed)
     return outcome.state

@@ -63,6 +63,20 @@ def worker(
             help="Keep the cluster for the next job of the same campaign (torn down when idle).",
         ),
     ] = False,
+    max_jobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Stop (warm shutdown) after this many jobs; 1 = one pod per message (KEDA "
+            "ScaledJob).",
+        ),
+    ] = None,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option(
+            min=1, help="Stop when no job has started for this many seconds (default: never)."
+        ),
+    ] = None,
 ) -> None:
     """Run one consumer: a Celery worker with the solo pool, one job at a time."""
     settings = get_settings()
@@ -78,6 +92,9 @@ def worker(
         updates["default_cluster"] = cluster
     use_settings(settings.model_copy(update=updates))
     from consumers.app import app as celery_app
+    from consumers.lifetime import Lifetime
+
+    Lifetime(get_settings(), max_jobs=max_jobs, idle_exit_s=idle_exit).connect()
 
     celery_app.worker_main(
         [
@@ -93,6 +110,28 @@ def worker(
             f"--hostname={hostname or f'voxfleet-{os.getpid()}@%h'}",
         ]
     )
+
+
+@app.command()
+def health(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the heartbeat as JSON.")] = False,
+) -> None:
+    """Exit 0 if this machine's consumer is alive (its heartbeat file is fresh), else 1.
+
+    Reads VOXFLEET_HEARTBEAT_FILE only: no broker round trip, so a consumer deep in a long job is
+    still healthy, and a Redis outage does not restart a fleet. The image's HEALTHCHECK runs the
+    same check as `python -m shared.heartbeat`, which skips importing Celery.
+    """
+    from shared.heartbeat import check_configured
+
+    result = check_configured()
+    if as_json:
+        print(json.dumps({"healthy": result.healthy, "reason": result.reason, **result.beat}))
+    elif result.healthy:
+        console.print(f"healthy: {result.reason}", highlight=False)
+    else:
+        err_console.print(f"[red]unhealthy:[/red] {result.reason}", highlight=False)
+    raise typer.Exit(0 if result.healthy else 1)
 
 
 @synth_app.command("hcp")
@@ -164,7 +203,13 @@ def synth_fibers(
 @friendly
 def enqueue(
     pipeline: Annotated[str, typer.Argument(help=f"One of: {', '.join(PIPELINE_PARAMS)}.")],
-    input_uri: Annotated[str, typer.Argument(help="Subject or volume: a path or s3:// URI.")],
+    input_uri: Annotated[
+        str,
+        typer.Argument(
+            help="Subject or volume: a path or s3:// URI (bundles: a committed tractography "
+            "result, {results}/{subject}/tractography/{key}, with --param atlas=URI)."
+        ),
+    ],
     results: Annotated[str, typer.Option("--results", help="Results root (path or s3://).")],
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Pipeline parameter NAME=VALUE; repeat.")

@@ -40,17 +40,7 @@ def submit(specs: list[JobSpec], settings: Settings, *, queue: str | None = None
     app = make_app(settings)
     with app.producer_or_acquire() as producer:
         for spec in specs:
-            ledger.record(
-                spec.job_id,
-                "queued",
-                pipeline=spec.pipeline,
-                subject=spec.subject,
-                input_uri=spec.input_uri,
-                results_uri=spec.results_uri,
-                job_key=spec.key,
-                campaign=spec.campaign,
-                spec=spec.to_message(),
-            )
+            ledger.record_queued(spec)
             app.send_task(
                 TASK_NAME,
                 args=[spec.to_message()],

@@ -19,22 +19,33 @@ from shared.errors import InvalidInput
 from shared.store import split_uri
 
 SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"  # shared.manifest imports this module; the name is repeated
 # Ids become object-key components: no separators, no dots at the start, nothing exotic.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
 CLUSTER_PATTERN = (
     r"^(local(:[1-9][0-9]{0,2})?|coiled|slurm|(tcp|tls)://[A-Za-z0-9_.\-]+:[0-9]{1,5})$"
 )
+_CLUSTER_RE = re.compile(CLUSTER_PATTERN)
 
 
 class PipelineParams(BaseModel):
     """Base of every pipeline's parameter model. ``version`` enters the job key: bump it when a
     change alters a pipeline's output, so campaigns re-run instead of skipping."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No NaN or infinity anywhere: `--param gamma=Infinity` parses as JSON, and a NaN compares
+    # false against every bound.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     version: ClassVar[str] = "1"
     #: The object that makes a folder one input when a campaign lists a prefix.
     input_marker: ClassVar[str] = "T1w/Diffusion/data.nii.gz"
+    #: Parameters that steer what happens after the job, not its output: left out of the key.
+    key_excludes: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def subject_of(cls, input_uri: str) -> str:
+        """The subject id a job over ``input_uri`` is filed under: the input's last component."""
+        return split_uri(input_uri)[1]
 
 
 class DtiParams(PipelineParams):
@@ -118,6 +129,18 @@ class TractographyParams(PipelineParams):
     )
     output_format: Literal["trk", "trx"] = Field(default="trk", description="Shard file format.")
     qc: bool = Field(default=True, description="Write the FA / WM / density QC PNG.")
+    bundles_atlas: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Atlas URI: on success, enqueue a `bundles` job over this result with it.",
+    )
+    bundles_params: dict[str, Any] | None = Field(
+        default=None, description="Parameters of that follow-up job (BundlesParams, JSON)."
+    )
+    # Where the streamlines go next does not change them: the key (and every committed
+    # tractography result) stays the same with or without a follow-up.
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"bundles_atlas", "bundles_params"})
 
     @field_validator("wm_labels", mode="before")
     @classmethod
@@ -149,7 +172,22 @@ class TractographyParams(PipelineParams):
     def _lengths(self) -> TractographyParams:
         if self.min_len >= self.max_len:
             raise ValueError(f"min_len ({self.min_len}) must be below max_len ({self.max_len})")
+        if self.bundles_params is not None and self.bundles_atlas is None:
+            raise ValueError("bundles_params needs bundles_atlas")
+        self.followup_params()  # a bad follow-up fails at enqueue, not after the tracking
         return self
+
+    def followup_params(self) -> BundlesParams | None:
+        """The ``bundles`` job to enqueue when this one succeeds, if any."""
+        if self.bundles_atlas is None:
+            return None
+        extra = self.bundles_params or {}
+        if "atlas" in extra:
+            raise ValueError("give the atlas as bundles_atlas, not inside bundles_params")
+        try:
+            return BundlesParams(atlas=self.bundles_atlas, **extra)
+        except ValidationError as exc:
+            raise ValueError(f"bundles follow-up: {describe(exc)}") from None
 
 
 def _numbers(value: Any) -> Any:
@@ -185,6 +223,7 @@ class MicrostructureParams(PipelineParams):
     gamma: float | None = Field(
         default=None,
         gt=0,
+        le=1e12,
         description="Objectness structureness, intensity units; None = "
         "gamma_noise x the noise of an input sample (robust, from neighbour differences).",
     )
@@ -196,7 +235,10 @@ class MicrostructureParams(PipelineParams):
         "'otsu': Otsu's threshold of a strided sample of the objectness.",
     )
     min_fiber_voxels: int = Field(
-        default=100, ge=1, description="Components smaller than this are not counted as fibers."
+        default=100,
+        ge=1,
+        le=2**40,
+        description="Components smaller than this are not counted as fibers.",
     )
     orientation: bool = Field(default=True, description="Measure the mean fiber direction.")
     chunk_shape: tuple[int, int, int] | None = Field(
@@ -251,18 +293,113 @@ class MicrostructureParams(PipelineParams):
         return value
 
 
+class BundlesParams(PipelineParams):
+    """RecoBundles segmentation of a committed tractography result (the job's input is that
+    result's prefix, the folder of its manifest.json) against an atlas of model bundles:
+    whole-brain streamline registration to the atlas, then every model bundle recognised in
+    parallel. Distances and lengths are in millimetres (RAS)."""
+
+    version: ClassVar[str] = "1"
+    input_marker: ClassVar[str] = MANIFEST_NAME
+    atlas: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="Folder (path or s3://) of model bundles (*.trk/*.trx), optionally with "
+        "whole_brain/*.trk|trx, the atlas tractogram the subject is registered to.",
+    )
+    whole_brain_slr: bool = Field(default=True, description="Register to the atlas first.")
+    slr_transform: Literal["rigid", "similarity", "affine"] = Field(
+        default="affine", description="Whole-brain SLR transform (dipy's whole_brain_slr x0)."
+    )
+    slr_progressive: bool = Field(
+        default=True, description="Progressive SLR (translation, rigid, ... up to the transform)."
+    )
+    slr_min_cluster: int = Field(
+        default=50, ge=1, description="QuickBundles clusters smaller than this are not registered."
+    )
+    slr_min_length: float = Field(default=50.0, ge=0, description="Streamlines registered: longer")
+    slr_max_length: float = Field(default=250.0, gt=0, description="... and shorter than these.")
+    min_length: float = Field(default=50.0, ge=0, description="RecoBundles: longer streamlines.")
+    clust_thr: float = Field(default=15.0, gt=0, description="Whole-brain QuickBundles threshold.")
+    model_clust_thr: float = Field(default=2.5, gt=0, description="Model QuickBundles threshold.")
+    reduction_thr: float = Field(default=15.0, gt=0, description="Search-space reduction (MDF).")
+    pruning_thr: float = Field(default=8.0, gt=0, description="Pruning threshold (MDF).")
+    local_slr: bool = Field(default=True, description="RecoBundles' local SLR per bundle.")
+    random_seed: int = Field(
+        default=1,
+        ge=0,
+        le=_INT32_MAX,
+        description="Seeds registration and clustering; each bundle draws from (seed, its name), "
+        "so a bundle's result does not depend on the other bundles or their order.",
+    )
+    output_format: Literal["trk", "trx"] = Field(default="trk", description="Bundle file format.")
+    qc: bool = Field(default=True, description="Write the bundles QC PNG.")
+
+    @classmethod
+    def subject_of(cls, input_uri: str) -> str:
+        # A tractography result lives at {results}/{subject}/tractography/{key}.
+        parts = input_uri.rstrip("/").split("/")
+        if len(parts) >= 3 and parts[-2] == "tractography":
+            return parts[-3]
+        return super().subject_of(input_uri)
+
+    @field_validator("atlas")
+    @classmethod
+    def _check_atlas(cls, value: str) -> str:
+        return check_uri(value)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> BundlesParams:
+        if self.slr_min_length >= self.slr_max_length:
+            raise ValueError("slr_min_length must be below slr_max_length")
+        return self
+
+
 PIPELINE_PARAMS: dict[str, type[PipelineParams]] = {
     "dti": DtiParams,
     "tractography": TractographyParams,
+    "bundles": BundlesParams,
     "microstructure": MicrostructureParams,
 }
-PipelineName = Literal["dti", "tractography", "microstructure"]
+PipelineName = Literal["dti", "tractography", "bundles", "microstructure"]
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """A user's value quoted for a one-line message: repr'd (no control characters) and bounded,
+    so a hostile megabyte-long id cannot flood a log line or a terminal."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_id(value: str, what: str) -> str:
     if not _ID_RE.match(value) or ".." in value:
-        raise ValueError(f"{what} {value!r} is not a safe id (letters, digits, '_', '-', '.')")
+        raise ValueError(f"{what} {shown(value)} is not a safe id (letters, digits, '_', '-', '.')")
     return value
+
+
+# Percent-encoded '.', '/' and '\\' mean nothing to S3 or a filesystem, but any layer that decodes
+# them (a proxy, a browser, a later tool) would see a different path: refuse the ambiguity.
+_ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_uri(value: str) -> str:
+    """An input or results URI: ``s3://bucket/prefix`` or a path, nothing that could point
+    somewhere else than it seems, and no credentials (they would end up in manifests)."""
+    # First, so that no message below can echo a password.
+    if "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError(
+            "URI carries credentials (user@ or user:password@); use the AWS credential chain"
+        )
+    if _CONTROL.search(value):
+        raise ValueError(f"URI {shown(value)} contains control characters")
+    if any(part == ".." for part in value.replace("\\", "/").split("/")):
+        raise ValueError(f"URI {shown(value)} contains '..'")
+    if _ENCODED_SEPARATOR.search(value):
+        raise ValueError(f"URI {shown(value)} contains a percent-encoded '.', '/', '\\' or NUL")
+    if not value.startswith(("s3://", "file://", "/", "./")) and "://" in value:
+        raise ValueError(f"URI {shown(value)}: use s3://bucket/prefix or a path")
+    return value.rstrip("/") or value
 
 
 def describe(exc: ValidationError) -> str:
@@ -294,7 +431,7 @@ class ClusterSize(BaseModel):
 class JobSpec(BaseModel):
     """One unit of work: a pipeline over one subject or volume."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: Literal[1] = 1
     job_id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=r"^[A-Za-z0-9_-]{1,64}$")
@@ -304,18 +441,14 @@ class JobSpec(BaseModel):
     results_uri: str = Field(min_length=1, max_length=1024)
     subject: str = Field(default="", description="Derived from the input URI when empty.")
     params: dict[str, Any] = Field(default_factory=dict)
-    cluster: str | None = Field(default=None, pattern=CLUSTER_PATTERN)
+    cluster: str | None = Field(default=None, max_length=300)
     resources: ClusterSize = Field(default_factory=ClusterSize)
-    submitted_at: float = Field(default_factory=time.time)
+    submitted_at: float = Field(default_factory=time.time, ge=0)
 
     @field_validator("input_uri", "results_uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        if any(part == ".." for part in value.replace("\\", "/").split("/")):
-            raise ValueError(f"URI {value!r} contains '..'")
-        if not value.startswith(("s3://", "file://", "/", "./")) and "://" in value:
-            raise ValueError(f"URI {value!r}: use s3://bucket/prefix or a path")
-        return value.rstrip("/") or value
+        return check_uri(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -323,9 +456,16 @@ class JobSpec(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        if not data.get("subject") and isinstance(data.get("input_uri"), str):
-            data["subject"] = split_uri(data["input_uri"])[1]
         pipeline = data.get("pipeline")
+        kind = PIPELINE_PARAMS.get(pipeline, PipelineParams) if isinstance(pipeline, str) else None
+        if isinstance(data.get("input_uri"), str):
+            kind = kind or PipelineParams
+            uri = data["input_uri"].rstrip("/")
+            if kind.input_marker == MANIFEST_NAME:
+                # The folder, not its manifest: one job key however the result was named.
+                data["input_uri"] = uri = uri.removesuffix(f"/{MANIFEST_NAME}")
+            if not data.get("subject"):
+                data["subject"] = kind.subject_of(uri)
         if isinstance(pipeline, str) and pipeline in PIPELINE_PARAMS:
             params = data.get("params") or {}
             if not isinstance(params, dict):
@@ -341,6 +481,16 @@ class JobSpec(BaseModel):
     @classmethod
     def _subject(cls, value: str) -> str:
         return check_id(value, "subject id")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str | None) -> str | None:
+        if value is not None and not _CLUSTER_RE.match(value):
+            raise ValueError(
+                f"{shown(value)} is not a cluster spec "
+                "(local, local:N, coiled, slurm, tcp://host:port, tls://host:port)"
+            )
+        return value
 
     def parameters(self) -> PipelineParams:
         return PIPELINE_PARAMS[self.pipeline].model_validate(self.params)
@@ -361,7 +511,11 @@ class JobSpec(BaseModel):
                 "pipeline": self.pipeline,
                 "version": self.pipeline_version,
                 "input": self.input_uri,
-                "params": self.params,
+                "params": {
+                    k: v
+                    for k, v in self.params.items()
+                    if k not in PIPELINE_PARAMS[self.pipeline].key_excludes
+                },
             },
             sort_keys=True,
             separators=(",", ":"),

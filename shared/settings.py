@@ -7,6 +7,8 @@ chain (env, profile, instance role), so they never pass through our objects, log
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -89,15 +91,41 @@ class Settings(BaseSettings):
     )
 
     # Reliability. Redis redelivers an unacked message once it is older than the visibility
-    # timeout (celery#5935), so it must exceed the longest job, with margin.
-    visibility_timeout_s: int = Field(default=12 * 3600, ge=60)
+    # timeout (celery#5935), so it should exceed the longest job, with margin; a job that runs
+    # longer anyway is protected by its lease and the conditional commit (docs/reliability.md).
+    # Fault tests set it to seconds to see redeliveries happen.
+    visibility_timeout_s: int = Field(default=12 * 3600, ge=1)
+    unacked_restore_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often each consumer looks for unacked messages older than the "
+        "visibility timeout (a consumer SIGKILLed mid-job is noticed at most this late).",
+    )
+    lease_ttl_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running job's lease in Redis expires this long after its consumer's last "
+        "heartbeat (every third of it); until then a redelivered copy waits instead of running.",
+    )
     job_time_limit_s: int = Field(
         default=8 * 3600, ge=10, description="A job is failed past this; kept < visibility timeout."
     )
     soft_shutdown_s: float = Field(
-        default=30.0, ge=0, description="On SIGTERM, how long a consumer lets its job finish."
+        default=20.0,
+        ge=0,
+        description="On SIGTERM, how long a consumer lets its job finish before it requeues the "
+        "job and exits: within Kubernetes' default 30 s grace, leaving 10 s to clean up.",
     )
     max_retries: int = Field(default=5, ge=0, description="Retries of a transient failure.")
+    # Liveness without Celery's remote control (a solo consumer answers none while it runs a
+    # job): `voxfleet worker` rewrites this file, `voxfleet health` checks its age. The image
+    # sets it; None (bare metal default) writes nothing.
+    heartbeat_file: str | None = Field(
+        default=None, description="Consumer heartbeat file (JSON); None disables it."
+    )
+    heartbeat_interval_s: float = Field(
+        default=15.0, gt=0, description="Heartbeat period; stale after 3 periods."
+    )
     retry_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay; doubles.")
     retry_backoff_max_s: float = Field(default=600.0, gt=0)
     state_ttl_s: int = Field(
@@ -111,6 +139,27 @@ class Settings(BaseSettings):
         default=2048**3 // 2, description="Largest volume (product of the spatial dims)."
     )
     max_volumes: int = Field(default=1024, description="Most DWI volumes (4th dimension).")
+    max_nonfinite_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Isolated NaN/inf DWI samples are zeroed like dropouts; more than this "
+        "fraction of the brain's samples means broken data, and the job fails.",
+    )
+
+
+def redacted(url: str) -> str:
+    """``url`` fit to print: any password replaced by ``***`` (the user name stays, it is how
+    an operator tells ACL users apart)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _active: Settings | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,14 @@ os.environ.update(
     AWS_SECRET_ACCESS_KEY="voxfleet-test-secret",
     AWS_DEFAULT_REGION="us-east-1",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Evidence for docs/reliability.md goes to build/ only under `make reliability`, which
+    # names the log; any other session writes to a fresh log of its own and leaves it alone.
+    if "VOXFLEET_RELIABILITY_LOG" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="voxfleet-evidence-")
+        os.environ["VOXFLEET_RELIABILITY_LOG"] = str(Path(folder) / "reliability.jsonl")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 """What every pipeline is: two plain functions, no Celery.
 
-``load(ctx)`` reads and validates the inputs from ``ctx.inputs`` (raising ``InvalidInput`` with
-a one-line reason for anything wrong); it needs no cluster, and runs while one starts.
+``check(ctx)``, if a pipeline has one, validates what is cheap to read (sizes, small metadata)
+before any cluster starts. ``load(ctx)`` reads and validates the inputs from ``ctx.inputs``
+(raising ``InvalidInput`` with a one-line reason for anything wrong); it needs no cluster, and
+runs while one starts.
 ``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client``; workers write
 large outputs straight to ``ctx.out`` (the attempt's prefix) and the pipeline returns what they
 wrote, plus the small local files (maps, QC) for the consumer to upload. The consumer's publish
@@ -57,3 +59,6 @@ class Pipeline(NamedTuple):
     run: Callable[[PipelineContext, Any, Any], PipelineResult]
     #: Imported on every Dask worker while the cluster starts, off the job's critical path.
     worker_modules: tuple[str, ...] = ()
+    #: Cheap validation (object sizes, small metadata, parameters against the input) that runs
+    #: before any cluster starts, so the commonest bad inputs cost no cluster at all.
+    check: Callable[[PipelineContext], None] | None = None

@@ -16,9 +16,8 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 
-from consumers.pipelines import qc
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.hcp import Subject, load_subject
+from consumers.pipelines.hcp import Subject, check_subject, load_subject
 from consumers.pipelines.remote import map_scattered
 from shared.errors import InvalidInput
 from shared.jobspec import DtiParams
@@ -29,6 +28,22 @@ MIN_DWI_VOLUMES = 6
 WM_FA_THRESHOLD = 0.2  # a common FA cut for "white matter" in summaries; no segmentation needed
 
 
+def _enough_volumes(gtab: Any, params: DtiParams) -> None:
+    n_dwi = int(np.count_nonzero(~gtab.b0s_mask))
+    if n_dwi < MIN_DWI_VOLUMES:
+        raise InvalidInput(
+            f"only {n_dwi} diffusion-weighted volumes (b > {params.b0_threshold:g}); "
+            f"a tensor fit needs at least {MIN_DWI_VOLUMES}"
+        )
+
+
+def check(ctx: PipelineContext) -> None:
+    """Before any cluster starts: inputs present and sized, gradient table usable."""
+    params = ctx.params(DtiParams)
+    gtab = check_subject(ctx.inputs, ctx.settings, b0_threshold=params.b0_threshold)
+    _enough_volumes(gtab, params)
+
+
 def load(ctx: PipelineContext) -> Subject:
     """Read and validate the subject; runs before any cluster exists."""
     params = ctx.params(DtiParams)
@@ -37,12 +52,7 @@ def load(ctx: PipelineContext) -> Subject:
         subject = load_subject(
             ctx.inputs, ctx.workdir, ctx.settings, b0_threshold=params.b0_threshold
         )
-        n_dwi = int(np.count_nonzero(~subject.gtab.b0s_mask))
-        if n_dwi < MIN_DWI_VOLUMES:
-            raise InvalidInput(
-                f"only {n_dwi} diffusion-weighted volumes (b > {params.b0_threshold:g}); "
-                f"a tensor fit needs at least {MIN_DWI_VOLUMES}"
-            )
+        _enough_volumes(subject.gtab, params)
     return subject
 
 
@@ -169,6 +179,10 @@ def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
         uploads["fa.nii.gz"] = write_nifti(ctx, "fa.nii.gz", fa, subject)
         uploads["md.nii.gz"] = write_nifti(ctx, "md.nii.gz", md, subject)
     if params.qc:
+        # Here, not at the top: Dask workers import this module for fit_chunk, and matplotlib
+        # costs each of them seconds of CPU at start-up for an image only the consumer draws.
+        from consumers.pipelines import qc
+
         with ctx.timer.stage("qc"):
             png = qc.save_mid_slices(
                 ctx.workdir / "out" / "qc" / "fa.png",

@@ -46,6 +46,8 @@ _NIFTI_ERRORS = (
 _UNIT_ATOL = 0.01
 # Mask and label volumes may share the DWI grid only up to rounding in the stored affine.
 _AFFINE_ATOL = 1e-3
+# Compressed bytes read to find a NIfTI header (348 or 540 bytes once inflated): ample.
+_HEADER_BYTES = 64 * 1024
 
 
 @dataclass
@@ -77,7 +79,8 @@ def _require(inputs: ObjectStore, key: str) -> int:
         ) from None
 
 
-def _fetch(inputs: ObjectStore, key: str, workdir: Path, settings: Settings) -> Path:
+def _checked_size(inputs: ObjectStore, key: str, settings: Settings) -> int:
+    """The object's size, refused if it is absent, empty or above the input limit."""
     size = _require(inputs, key)
     if size > settings.max_input_bytes:
         raise InvalidInput(
@@ -85,6 +88,11 @@ def _fetch(inputs: ObjectStore, key: str, workdir: Path, settings: Settings) -> 
         )
     if size == 0:
         raise InvalidInput(f"{key} is empty: {inputs.uri_for(key)}")
+    return size
+
+
+def _fetch(inputs: ObjectStore, key: str, workdir: Path, settings: Settings) -> Path:
+    _checked_size(inputs, key, settings)
     dest = workdir / "inputs" / key
     dest.parent.mkdir(parents=True, exist_ok=True)
     return inputs.get_file(key, dest)
@@ -113,13 +121,11 @@ def _read_voxels(img: Any, path: Path, key: str, dtype: Any) -> NDArray[Any]:
     return arr
 
 
-def _open_checked(
-    inputs: ObjectStore, key: str, workdir: Path, settings: Settings, rank: int
-) -> tuple[Any, Path, tuple[int, ...]]:
-    """Fetch and open a NIfTI and check its header (rank, size limits); no voxels read yet."""
-    path = _fetch(inputs, key, workdir, settings)
-    img = _open_nifti(path, key)
-    shape = tuple(int(n) for n in img.shape)
+def _checked_shape(
+    key: str, dims: Any, dtype: np.dtype[Any], rank: int, settings: Settings
+) -> tuple[int, ...]:
+    """A NIfTI's shape and data type checked against what the job needs and the limits."""
+    shape = tuple(int(n) for n in dims)
     if rank == 3 and len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]  # some tools write masks and labels as (x, y, z, 1)
     if len(shape) != rank:
@@ -127,6 +133,9 @@ def _open_checked(
         raise InvalidInput(f"{key} must be {rank}D {what}, got {len(shape)}D {shape}")
     if min(shape) < 1:
         raise InvalidInput(f"{key} has an empty dimension: shape {shape}")
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        # nibabel would cast complex to real silently, dropping the imaginary part.
+        raise InvalidInput(f"{key} has data type {dtype}; expected real numbers (ints or floats)")
     n_vox = int(np.prod(shape[:3], dtype=np.int64))
     if n_vox > settings.max_voxels:
         raise InvalidInput(
@@ -136,7 +145,60 @@ def _open_checked(
         raise InvalidInput(
             f"{key} has {shape[3]} volumes, above the limit of {settings.max_volumes}"
         )
+    return shape
+
+
+def _open_checked(
+    inputs: ObjectStore, key: str, workdir: Path, settings: Settings, rank: int
+) -> tuple[Any, Path, tuple[int, ...]]:
+    """Fetch and open a NIfTI and check its header (rank, size limits); no voxels read yet."""
+    path = _fetch(inputs, key, workdir, settings)
+    img = _open_nifti(path, key)
+    shape = _checked_shape(key, img.shape, img.get_data_dtype(), rank, settings)
     return img, path, shape
+
+
+def _peek_header(inputs: ObjectStore, key: str, settings: Settings) -> Any:
+    """The NIfTI header of ``key`` from the object's first bytes (a ranged read): the image
+    itself is neither downloaded nor inflated."""
+    _checked_size(inputs, key, settings)
+    head = inputs.head_bytes(key, _HEADER_BYTES)
+    raw = head
+    if head[:2] == b"\x1f\x8b":
+        try:
+            raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 2048)
+        except zlib.error as exc:
+            reason = f"corrupt gzip stream: {_one_line(exc)}"
+            raise InvalidInput(f"{key} is not a readable NIfTI file ({reason})") from None
+    # Recognise the header by its size field and magic first: nibabel's own checks would log
+    # a screenful of "fixes" for every wrong guess.
+    sizes = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+    if 348 in sizes and raw[344:348] in (b"n+1\0", b"ni1\0"):
+        header_class: Any = nib.Nifti1Header
+    elif 540 in sizes and raw[4:8] in (b"n+2\0", b"ni2\0"):
+        header_class = nib.Nifti2Header
+    else:
+        raise InvalidInput(f"{key} is not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+    try:
+        header = header_class.from_fileobj(io.BytesIO(raw), check=False)
+        header.get_data_dtype()  # an unknown datatype code raises here
+        return header
+    except _NIFTI_ERRORS as exc:
+        raise InvalidInput(f"{key} is not a readable NIfTI file ({_one_line(exc)})") from None
+
+
+def _same_grid(
+    mask_shape: tuple[int, ...],
+    mask_affine: NDArray[Any],
+    shape: tuple[int, ...],
+    affine: NDArray[Any],
+) -> None:
+    if mask_shape != shape[:3]:
+        raise InvalidInput(
+            f"{MASK_KEY} has shape {mask_shape} but {DWI_KEY} volumes are {shape[:3]}"
+        )
+    if not np.allclose(mask_affine, affine, atol=_AFFINE_ATOL):
+        raise InvalidInput(f"{MASK_KEY} is not on the same grid (affine) as {DWI_KEY}")
 
 
 def _read_text(inputs: ObjectStore, key: str, settings: Settings) -> str:
@@ -163,9 +225,10 @@ def _parse_table(text: str, key: str, *, allow_nonfinite: bool = False) -> NDArr
 
 
 def read_gradients(
-    bvals_text: str, bvecs_text: str, n_volumes: int, b0_threshold: float
+    bvals_text: str, bvecs_text: str, n_volumes: int | None, b0_threshold: float
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """bvals (N,) and bvecs (N, 3) from FSL-style text, checked against the DWI's volume count.
+    """bvals (N,) and bvecs (N, 3) from FSL-style text, checked against the DWI's volume count
+    (or, with ``n_volumes`` None, against each other only: the check before any download).
 
     bvecs may be 3xN (HCP, FSL) or Nx3 (some exporters); 3xN wins when both fit (N == 3).
     A NaN direction is tolerated (as zero) only for a b0 volume, which has no direction:
@@ -175,7 +238,11 @@ def read_gradients(
     if min(bvals_table.shape) != 1:
         raise InvalidInput(f"{BVALS_KEY} must be one row of b-values, got {bvals_table.shape}")
     bvals = bvals_table.ravel()
-    if bvals.size != n_volumes:
+    counted = f"{DWI_KEY} has {n_volumes} volumes"
+    if n_volumes is None:
+        n_volumes = int(bvals.size)
+        counted = f"{BVALS_KEY} has {n_volumes} b-values"
+    elif bvals.size != n_volumes:
         raise InvalidInput(
             f"{BVALS_KEY} has {bvals.size} values but {DWI_KEY} has {n_volumes} volumes"
         )
@@ -189,9 +256,7 @@ def read_gradients(
         bvecs = table
     elif 3 in table.shape:
         n_dirs = table.shape[1] if table.shape[0] == 3 else table.shape[0]
-        raise InvalidInput(
-            f"{BVECS_KEY} has {n_dirs} directions but {DWI_KEY} has {n_volumes} volumes"
-        )
+        raise InvalidInput(f"{BVECS_KEY} has {n_dirs} directions but {counted}")
     else:
         raise InvalidInput(
             f"{BVECS_KEY} must be 3xN (or Nx3), got {table.shape[0]}x{table.shape[1]}"
@@ -238,6 +303,30 @@ def gradient_table_for(
     return gtab
 
 
+def check_subject(
+    inputs: ObjectStore, settings: Settings, *, b0_threshold: float, extra: tuple[str, ...] = ()
+) -> Any:
+    """The cheap half of ``load_subject``, run before any cluster starts: every object there,
+    non-empty and within the size limit; the images' headers (read from their first bytes)
+    of the right rank, type and size, the mask on the DWI grid; the gradient table valid for
+    the DWI's volumes. Returns the dipy GradientTable."""
+    dwi = _peek_header(inputs, DWI_KEY, settings)
+    shape = _checked_shape(DWI_KEY, dwi.get_data_shape(), dwi.get_data_dtype(), 4, settings)
+    mask = _peek_header(inputs, MASK_KEY, settings)
+    mask_shape = _checked_shape(MASK_KEY, mask.get_data_shape(), mask.get_data_dtype(), 3, settings)
+    _same_grid(mask_shape, mask.get_best_affine(), shape, dwi.get_best_affine())
+    for key in extra:
+        header = _peek_header(inputs, key, settings)
+        _checked_shape(key, header.get_data_shape(), header.get_data_dtype(), 3, settings)
+    bvals, bvecs = read_gradients(
+        _read_text(inputs, BVALS_KEY, settings),
+        _read_text(inputs, BVECS_KEY, settings),
+        shape[3],
+        b0_threshold,
+    )
+    return gradient_table_for(bvals, bvecs, b0_threshold)
+
+
 def load_subject(
     inputs: ObjectStore, workdir: Path, settings: Settings, *, b0_threshold: float
 ) -> Subject:
@@ -255,12 +344,7 @@ def load_subject(
     xform_codes = (int(img.header["qform_code"]), int(img.header["sform_code"]))
 
     mask_img, mask_path, mask_shape = _open_checked(inputs, MASK_KEY, workdir, settings, rank=3)
-    if mask_shape != shape[:3]:
-        raise InvalidInput(
-            f"{MASK_KEY} has shape {mask_shape} but {DWI_KEY} volumes are {shape[:3]}"
-        )
-    if not np.allclose(mask_img.affine, affine, atol=_AFFINE_ATOL):
-        raise InvalidInput(f"{MASK_KEY} is not on the same grid (affine) as {DWI_KEY}")
+    _same_grid(mask_shape, mask_img.affine, shape, affine)
     raw_mask = _read_voxels(mask_img, mask_path, MASK_KEY, None).reshape(shape[:3])
     mask = np.isfinite(raw_mask) & (raw_mask != 0)
     if not mask.any():
@@ -270,12 +354,21 @@ def load_subject(
     # Scanner or reconstruction glitches leave isolated NaN/inf samples in otherwise good data.
     # Zero is below dipy's minimum signal and gets clipped like any dropout, so the affected
     # voxels still fit; failing the whole subject would be harsher. The count is reported.
-    nonfinite = 0
+    # Beyond a small fraction of the brain's samples it is broken data, not glitches: fail.
+    nonfinite = in_brain = 0
     for v in range(shape[3]):  # one volume at a time: a whole-array mask is 1 GB for HCP
         bad = ~np.isfinite(data[..., v])
         if bad.any():
             nonfinite += int(np.count_nonzero(bad))
+            in_brain += int(np.count_nonzero(bad & mask))
             data[..., v][bad] = 0.0
+    samples = int(np.count_nonzero(mask)) * shape[3]
+    if in_brain > settings.max_nonfinite_fraction * samples:
+        raise InvalidInput(
+            f"{DWI_KEY} has {in_brain} NaN or infinite samples in the brain mask "
+            f"({100 * in_brain / samples:.3g}% of {samples}; the limit is "
+            f"{100 * settings.max_nonfinite_fraction:g}%, VOXFLEET_MAX_NONFINITE_FRACTION)"
+        )
     return Subject(
         data=data,
         affine=affine,

@@ -21,6 +21,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import ome_zarr.writer  # noqa: F401 - for ngff.create, here: the workers never import it
 from dask.delayed import delayed
 from dask_image import ndmeasure
 from distributed import get_task_stream, wait
@@ -48,17 +49,28 @@ class Loaded:
     gamma: dict[str, Any]
 
 
+def _fits(shape: tuple[int, int, int], params: MicrostructureParams) -> None:
+    if 4 * max(params.sigmas) > min(shape):
+        raise InvalidInput(
+            f"sigma {max(params.sigmas):g} is too large for a volume of {shape}: "
+            f"the smallest side must be at least 4 sigma ({4 * max(params.sigmas):g})"
+        )
+
+
+def check(ctx: PipelineContext) -> None:
+    """Before any cluster starts: a 3D Zarr v3 array of numbers within the limits (metadata
+    only), large enough for the largest sigma."""
+    params = ctx.params(MicrostructureParams)
+    volume = open_volume(ctx.inputs, ctx.settings, voxel_size=params.voxel_size, sample=False)
+    _fits(volume.shape, params)
+
+
 def load(ctx: PipelineContext) -> Loaded:
     """Open and validate the array, and fix gamma; runs before any cluster exists."""
     params = ctx.params(MicrostructureParams)
     with ctx.timer.stage("load"):
         volume = open_volume(ctx.inputs, ctx.settings, voxel_size=params.voxel_size)
-        smallest = min(volume.shape)
-        if 4 * max(params.sigmas) > smallest:
-            raise InvalidInput(
-                f"sigma {max(params.sigmas):g} is too large for a volume of {volume.shape}: "
-                f"the smallest side must be at least 4 sigma ({4 * max(params.sigmas):g})"
-            )
+        _fits(volume.shape, params)
         if params.gamma is not None:
             gamma: dict[str, Any] = {"value": params.gamma, "method": "given"}
         else:

@@ -90,16 +90,20 @@ def map_scattered(
     parts: Sequence[Any],
     *args: Any,
     labels: Sequence[str],
+    shared: Sequence[Any] = (),
     retries: int = TASK_RETRIES,
     **kwargs: Any,
 ) -> list[Any]:
-    """``func(part, *args, **kwargs)`` for every part on the cluster; results in order.
+    """``func(part, *shared, *args, **kwargs)`` for every part on the cluster; results in order.
 
-    Each part is scattered once (tasks carry a reference, not a copy). A worker that dies takes
-    its scattered parts with it -- Dask then cancels the tasks that needed them, and cannot
+    Each part is scattered once (tasks carry a reference, not a copy); ``shared`` values (large
+    arrays every task reads) are sent to every worker once per round. A worker that dies takes
+    its scattered data with it -- Dask then cancels the tasks that needed them, and cannot
     recompute data it never had a recipe for. Those parts are scattered again from the
-    consumer's copy and their tasks resubmitted, up to ``MAX_ROUNDS`` times, so a lost worker
-    costs a few tasks' time, not the job. Task errors are classified as in ``gather_all``.
+    consumer's copy, with the shared values (Dask's memory manager drops broadcast replicas it
+    deems surplus, so the dead worker may have held the only copy), and their tasks resubmitted,
+    up to ``MAX_ROUNDS`` times: a lost worker costs a few tasks' time, not the job. Task errors
+    are classified as in ``gather_all``.
     """
     from distributed import as_completed
     from distributed.client import FutureCancelledError
@@ -111,8 +115,9 @@ def map_scattered(
     for _ in range(MAX_ROUNDS):
         # hash=False: unique keys, so two jobs on one long-lived cluster never alias parts.
         remote = client.scatter([parts[i] for i in todo], hash=False)
+        common = [client.scatter(value, broadcast=True, hash=False) for value in shared]
         futures = [
-            client.submit(func, part, *args, pure=False, retries=retries, **kwargs)
+            client.submit(func, part, *common, *args, pure=False, retries=retries, **kwargs)
             for part in remote
         ]
         index = {future.key: i for future, i in zip(futures, todo, strict=True)}
@@ -135,7 +140,7 @@ def map_scattered(
             client.cancel(futures)
             raise
         finally:
-            del remote, futures  # release the parts and results on the workers
+            del remote, common, futures  # release the parts and results on the workers
         if not lost:
             return [results[i] for i in range(len(parts))]
         todo = sorted(lost)

@@ -251,9 +251,6 @@ def track_sharded(
 ) -> TrackingResult:
     """Track ``seeds`` in ``n_shards`` shards across the cluster, each written to ``out``."""
     bounds = plan_shards(len(seeds), n_shards)
-    # Every shard reads the whole volumes: one copy per worker, sent once.
-    sh_remote = client.scatter(sh, broadcast=True, hash=False)
-    fa_remote = client.scatter(fa, broadcast=True, hash=False)
     parts = [ShardSeeds(i, a, seeds[a:b]) for i, (a, b) in enumerate(bounds)]
     labels = [
         f"shard {shard_key(i, options.output_format)} (seeds {a}..{b - 1})"
@@ -261,19 +258,19 @@ def track_sharded(
     ]
     # Each shard's seeds travel once, and again only if their worker dies: the shard is then
     # tracked again elsewhere and rewrites its own key, and the manifest lists that last write.
+    # Every shard reads the whole volumes: one copy per worker, sent once (again only to
+    # replace what a dead worker took with it).
     results = map_scattered(
         client,
         track_shard,
         parts,
-        sh_remote,
-        fa_remote,
         affine,
         header,
         options,
         out,
         labels=labels,
+        shared=(sh, fa),
     )
-    del sh_remote, fa_remote
 
     busy: dict[str, float] = {}
     cpu: dict[str, float] = {}

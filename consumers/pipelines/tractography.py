@@ -22,8 +22,8 @@ from numpy.typing import NDArray
 from consumers.pipelines import csd, qc, tracking, wm
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.dti import fit_tensor_values, write_nifti
-from consumers.pipelines.hcp import Subject, load_subject
-from shared.errors import InvalidInput
+from consumers.pipelines.hcp import APARC_KEY, Subject, check_subject, load_subject
+from shared.errors import InvalidInput, MissingInput
 from shared.jobspec import DtiParams, TractographyParams
 
 
@@ -34,6 +34,32 @@ class Loaded:
     wm: NDArray[np.bool_] | None
 
 
+def _enough_volumes(gtab: Any, params: TractographyParams) -> None:
+    n_dwi = int(np.count_nonzero(~gtab.b0s_mask))
+    needed = csd.n_coefficients(params.sh_order_max)
+    if n_dwi < needed:
+        raise InvalidInput(
+            f"only {n_dwi} diffusion-weighted volumes (b > {params.b0_threshold:g}); CSD at "
+            f"sh_order_max {params.sh_order_max} fits {needed} coefficients: lower it"
+        )
+
+
+def check(ctx: PipelineContext) -> None:
+    """Before any cluster starts: inputs (and the segmentation) present and sized, gradient
+    table usable, enough directions for the CSD order."""
+    params = ctx.params(TractographyParams)
+    extra = (APARC_KEY,) if params.wm_source == "aparc" else ()
+    try:
+        gtab = check_subject(
+            ctx.inputs, ctx.settings, b0_threshold=params.b0_threshold, extra=extra
+        )
+    except MissingInput as exc:
+        if APARC_KEY not in str(exc):
+            raise
+        raise MissingInput(f"{exc}; without a segmentation, use wm_source=fa") from None
+    _enough_volumes(gtab, params)
+
+
 def load(ctx: PipelineContext) -> Loaded:
     """Read and validate the subject (and its segmentation); runs before any cluster exists."""
     params = ctx.params(TractographyParams)
@@ -42,13 +68,7 @@ def load(ctx: PipelineContext) -> Loaded:
         subject = load_subject(
             ctx.inputs, ctx.workdir, ctx.settings, b0_threshold=params.b0_threshold
         )
-        n_dwi = int(np.count_nonzero(~subject.gtab.b0s_mask))
-        needed = csd.n_coefficients(params.sh_order_max)
-        if n_dwi < needed:
-            raise InvalidInput(
-                f"only {n_dwi} diffusion-weighted volumes (b > {params.b0_threshold:g}); CSD at "
-                f"sh_order_max {params.sh_order_max} fits {needed} coefficients: lower it"
-            )
+        _enough_volumes(subject.gtab, params)
         aparc = None
         if params.wm_source == "aparc":
             aparc = wm.read_aparc(ctx.inputs, ctx.workdir, ctx.settings)

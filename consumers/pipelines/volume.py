@@ -111,8 +111,13 @@ def _sample(array: zarr.Array[Any]) -> tuple[list[NDArray[Any]], dict[str, Any]]
 
 
 def open_volume(
-    inputs: ObjectStore, settings: Settings, voxel_size: tuple[float, float, float] | None = None
+    inputs: ObjectStore,
+    settings: Settings,
+    voxel_size: tuple[float, float, float] | None = None,
+    *,
+    sample: bool = True,
 ) -> Volume:
+    """The validated array; ``sample=False`` checks the metadata only (no voxel is read)."""
     _metadata(inputs)
     try:
         array = zarr.open_array(ObjectZarrStore(inputs, read_only=True), mode="r", zarr_format=3)
@@ -139,11 +144,21 @@ def open_volume(
     if dtype.kind not in SUPPORTED_KINDS:
         raise InvalidInput(f"{inputs.uri}: unsupported dtype {dtype} (need integers or floats)")
     sizes, unit = _voxel_size(array, voxel_size, inputs.uri)
-    sample, where = _sample(array)
-    finite = [np.count_nonzero(np.isfinite(box)) for box in sample]
+    if not sample:
+        return Volume(array, (shape[0], shape[1], shape[2]), dtype, sizes, unit, [], {})
+    try:
+        boxes, where = _sample(array)
+    except VoxfleetError:
+        raise  # the store's own errors: retried (transient) or failed (permanent) as such
+    except Exception as exc:  # a codec that cannot decode a chunk raises its own types
+        raise InvalidInput(
+            f"{inputs.uri}: a chunk does not decode ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:160]})"
+        ) from None
+    finite = [np.count_nonzero(np.isfinite(box)) for box in boxes]
     if dtype.kind == "f" and sum(finite) < where["voxels"]:
         bad = where["voxels"] - sum(finite)
         raise InvalidInput(
             f"{inputs.uri}: the volume holds NaN or infinite values ({bad} in the sample)"
         )
-    return Volume(array, (shape[0], shape[1], shape[2]), dtype, sizes, unit, sample, where)
+    return Volume(array, (shape[0], shape[1], shape[2]), dtype, sizes, unit, boxes, where)

@@ -74,6 +74,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
 
+    def head_bytes(self, key: str, n: int) -> bytes:
+        """The first ``n`` bytes of an object (a header), without reading the rest where the
+        backend allows (a ranged GET on S3)."""
+        return self.get_bytes(key)[:n]
+
     @abstractmethod
     def get_file(self, key: str, dest: Path) -> Path: ...
 

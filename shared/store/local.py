@@ -10,24 +10,49 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.errors import InvalidInput, MissingInput
+from shared.errors import InvalidInput, MissingInput, UnsafePath
 from shared.store.base import CHUNK, ObjectInfo, ObjectStore, safe_key, sha256_bytes, sha256_file
 
 
 class LocalStore(ObjectStore):
+    """Keys are paths below ``root``. ``safe_key`` keeps them lexically inside it; symlinks are
+    the other way out, so every write (and every child store) is checked again after the
+    links are resolved: a link planted in a results tree that leads elsewhere makes the write
+    fail with ``UnsafePath`` instead of following it. Reads follow links (inputs are often
+    linked into place), but a child store is never rooted outside its parent."""
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.uri = str(self.root)
 
     def child(self, prefix: str) -> LocalStore:
-        return LocalStore(self.root / safe_key(prefix))
+        child = LocalStore(self.root / safe_key(prefix))
+        self._contained(child.root, prefix)
+        return child
 
     def _path(self, key: str) -> Path:
         return self.root / safe_key(key)
 
-    def _atomic_write(self, key: str, write: Any) -> Path:
+    def _contained(self, path: Path, key: str) -> None:
+        """``path`` (resolved) must lie within this store's root."""
+        if not path.resolve().is_relative_to(self.root):
+            raise UnsafePath(
+                f"{self.uri_for(key)} leads outside {self.uri} (a symbolic link); refusing to "
+                "write there"
+            )
+
+    def _write_path(self, key: str) -> Path:
+        """The target of a write, its folder created, never outside the root."""
         target = self._path(key)
+        self._contained(target.parent, key)  # before mkdir: it would create outside, too
         target.parent.mkdir(parents=True, exist_ok=True)
+        self._contained(target.parent, key)  # a link made in the meantime
+        if target.is_symlink():
+            raise UnsafePath(f"{self.uri_for(key)} is a symbolic link; refusing to write it")
+        return target
+
+    def _atomic_write(self, key: str, write: Any) -> Path:
+        target = self._write_path(key)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -50,7 +75,16 @@ class LocalStore(ObjectStore):
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # the root may be a file, not a folder
+            raise MissingInput(f"not found: {self.uri_for(key)}") from None
+        except IsADirectoryError:
+            raise InvalidInput(f"is a directory, expected a file: {self.uri_for(key)}") from None
+
+    def head_bytes(self, key: str, n: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as fh:
+                return fh.read(n)
+        except (FileNotFoundError, NotADirectoryError):
             raise MissingInput(f"not found: {self.uri_for(key)}") from None
         except IsADirectoryError:
             raise InvalidInput(f"is a directory, expected a file: {self.uri_for(key)}") from None
@@ -68,7 +102,7 @@ class LocalStore(ObjectStore):
     def size(self, key: str) -> int:
         try:
             return self._path(key).stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise MissingInput(f"not found: {self.uri_for(key)}") from None
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -89,8 +123,7 @@ class LocalStore(ObjectStore):
         return sorted(p.name for p in base.iterdir() if p.is_dir())
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self._write_path(key)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -107,6 +140,7 @@ class LocalStore(ObjectStore):
         base = self._path(prefix)
         if not base.exists():
             return 0
+        self._contained(base, prefix)
         count = sum(1 for p in base.rglob("*") if p.is_file()) if base.is_dir() else 1
         if base.is_dir():
             shutil.rmtree(base)

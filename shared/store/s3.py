@@ -37,9 +37,23 @@ _PERMANENT_S3 = {
 _MISSING_S3 = {"NoSuchKey", "404", "NotFound"}
 
 
+def _classified(exc: Any, what: str) -> Exception:
+    """A botocore ClientError as our error tree: missing, permanent, or transient."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in _MISSING_S3:
+        return MissingInput(f"not found: {what}")
+    if code in _PERMANENT_S3 or status in (401, 403):
+        return PermanentStoreError(f"S3 refused {what}: {code}")
+    if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+        return TransientError(f"S3 error on {what}: {code} (HTTP {status})")
+    return PermanentStoreError(f"S3 error on {what}: {code} (HTTP {status})")
+
+
 @contextlib.contextmanager
 def _s3_errors(what: str) -> Iterator[None]:
     """Translate botocore failures into our tree: missing, permanent, or transient."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
@@ -51,15 +65,14 @@ def _s3_errors(what: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in _MISSING_S3:
-            raise MissingInput(f"not found: {what}") from None
-        if code in _PERMANENT_S3 or status in (401, 403):
-            raise PermanentStoreError(f"S3 refused {what}: {code}") from None
-        if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-            raise TransientError(f"S3 error on {what}: {code} (HTTP {status})") from exc
-        raise PermanentStoreError(f"S3 error on {what}: {code} (HTTP {status})") from None
+        raise _classified(exc, what) from exc
+    except S3UploadFailedError as exc:
+        # upload_file wraps the ClientError it got (found by the permanent-S3-error fault
+        # test: an access denial surfaced as an unclassified crash, a 5xx would have too).
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, ClientError):
+            raise _classified(inner, what) from exc
+        raise TransientError(f"S3 upload failed for {what}") from exc
     except NoCredentialsError:
         raise PermanentStoreError(f"no AWS credentials for {what}") from None
     except (EndpointConnectionError, ConnectionError) as exc:
@@ -145,6 +158,13 @@ class S3Store(ObjectStore):
             ].read()
             return body
 
+    def head_bytes(self, key: str, n: int) -> bytes:
+        with _s3_errors(self.uri_for(key)):
+            body: bytes = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{max(n, 1) - 1}"
+            )["Body"].read()
+            return body[:n]
+
     def get_file(self, key: str, dest: Path) -> Path:
         with _s3_errors(self.uri_for(key)):
             self.client.download_file(
@@ -208,6 +228,9 @@ class S3Store(ObjectStore):
         return True
 
     def delete_prefix(self, prefix: str) -> int:
+        # Never "" (everything below the store, a whole bucket for a bucket-root store), and
+        # nothing outside it: the same rule as every other key, as on disk.
+        prefix = safe_key(prefix)
         keys = [self._key(k) for k in self.list(prefix)]
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]

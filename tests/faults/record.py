@@ -3,7 +3,9 @@ JSON line describing what it injected and what it observed; ``python -m tests.fa
 renders the document from those lines, so the document is the suite's own output.
 
 The log lives at ``$VOXFLEET_RELIABILITY_LOG`` (default ``build/reliability.jsonl`` under the
-repository); ``make reliability`` truncates it, runs the suite and renders the document.
+repository); ``make reliability`` truncates it, runs the suite and renders the document. Any
+other pytest session points the variable at a fresh temporary file (``tests/conftest.py``), so
+``make test`` or a single test run never mixes into the evidence.
 """
 
 from __future__ import annotations

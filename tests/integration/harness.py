@@ -13,7 +13,13 @@ import boto3
 
 from producer.local_consumer import running_consumer
 
-__all__ = ["consumer_env", "dask_cluster_processes", "running_consumer", "upload_dir"]
+__all__ = [
+    "consumer_env",
+    "dask_cluster_processes",
+    "running_consumer",
+    "upload_dir",
+    "voxfleet",
+]
 
 
 def consumer_env(redis_url: str, s3_endpoint: str, **extra: str) -> dict[str, str]:
@@ -27,6 +33,17 @@ def consumer_env(redis_url: str, s3_endpoint: str, **extra: str) -> dict[str, st
         "VOXFLEET_MAX_RETRIES": "2",
         **extra,
     }
+
+
+def voxfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a process of its own, with ``env`` as its whole environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "producer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def upload_dir(local: Path, bucket: str, prefix: str, endpoint: str) -> str:
@@ -65,8 +82,9 @@ def dask_cluster_processes(log_dir: Path, n_workers: int = 2) -> Iterator[str]:
             )
         )  # fmt: skip
     try:
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(n_workers, timeout=120)
+        # Generous: on a host loaded to ~30 (2 cores) the scheduler took over 60 s to listen.
+        with Client(address, timeout=240) as client:
+            client.wait_for_workers(n_workers, timeout=240)
         yield address
     finally:
         for proc in reversed(procs):

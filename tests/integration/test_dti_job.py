@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -22,19 +20,9 @@ from shared.manifest import Manifest
 from shared.settings import Settings
 from shared.store import open_store
 from tests.integration.conftest import SUBJECT
-from tests.integration.harness import consumer_env, upload_dir
+from tests.integration.harness import consumer_env, upload_dir, voxfleet
 
 pytestmark = pytest.mark.usefixtures("consumer")
-
-
-def voxfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "producer", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_dti_job_through_the_queue_equals_serial_dipy(

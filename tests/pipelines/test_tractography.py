@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -445,4 +447,23 @@ def test_parameters_and_registry() -> None:
     assert isinstance(spec.parameters(), TractographyParams)
     pipeline = PIPELINES["tractography"]
     assert pipeline.load is tractography.load
-    assert "dipy.tracking.tracker" in pipeline.worker_modules
+    assert "consumers.pipelines.tracking" in pipeline.worker_modules
+
+
+def test_workers_import_no_plotting_or_other_pipelines() -> None:
+    """What a worker imports for this job (its warm modules, which hold every task function)
+    leaves out matplotlib and the micro-CT stack: seconds of CPU per worker, per job."""
+    modules = PIPELINES["tractography"].worker_modules
+    code = (
+        "import importlib, sys\n"
+        f"for name in {list(modules)!r}: importlib.import_module(name)\n"
+        "print(','.join(m for m in ('matplotlib', 'zarr', 'dask_image', 'itk', 'typer')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip() == ""
+    for task in (csd.fit_chunk, tracking.track_shard):
+        assert task.__module__ in modules
+    assert "consumers.pipelines.dti" in modules  # the FA fit's tasks

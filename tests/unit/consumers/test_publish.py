@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from consumers.publish import publish, upload_all
+from consumers.publish import publish, remove_orphans, upload_all
 from shared.jobspec import JobSpec
 from shared.manifest import read_manifest
 from shared.store import LocalStore
@@ -40,3 +40,18 @@ def test_no_manifest_means_no_result(tmp_path: Path) -> None:
     spec = JobSpec(pipeline="dti", input_uri="/data/hcp/1", results_uri=str(tmp_path))
     results.child(spec.result_prefix).put_bytes("cccc/fa.nii.gz", b"orphan")
     assert read_manifest(results, spec.result_prefix) is None
+
+
+def test_orphaned_attempts_are_removed_and_the_committed_one_kept(tmp_path: Path) -> None:
+    results = LocalStore(tmp_path)
+    spec = JobSpec(pipeline="dti", input_uri="/data/hcp/2", results_uri=str(tmp_path))
+    job = results.child(spec.result_prefix)
+    job.put_bytes("dead1/shards/sl-0000.trk", b"x" * 10)  # what SIGKILLed attempts left
+    job.put_bytes("dead2/fa.nii.gz", b"y")
+    src = tmp_path / "fa.nii.gz"
+    src.write_bytes(b"good")
+    files = upload_all(job.child("live"), {"fa.nii.gz": src})
+    publication = publish(results, spec, "live", files, {}, {"wall_s": 1.0})
+    assert remove_orphans(job, publication.manifest.attempt) == 2
+    assert sorted(p.name for p in job.root.iterdir()) == ["live", "manifest.json"]
+    assert remove_orphans(job, "live") == 0
