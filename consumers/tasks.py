@@ -69,7 +69,10 @@ def backoff_s(retries: int) -> float:
 @worker_process_init.connect
 def _warm_imports(**_: Any) -> None:
     # Import the scientific stack once per consumer, not inside the first job's timing.
-    import consumers.pipelines  # noqa: F401
+    from consumers.pipelines import PIPELINES
+
+    for name in PIPELINES:  # the registry is lazy: load each pipeline, and its stack, now
+        PIPELINES[name]
 
 
 def _stage_hook(ledger: Ledger, job_id: str, spec: JobSpec, lease: Lease) -> Callable[[str], None]:

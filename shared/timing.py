@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,3 +59,12 @@ class StageTimer:
             "stages_s": {k: round(v, 6) for k, v in self.stages.items()},
             **self.extra,
         }
+
+
+def process_cpu_s() -> float:
+    """CPU seconds (user + system) of the calling process so far. Run on Dask workers too
+    (``client.run``): busy seconds are wall time, which other jobs on a shared machine inflate;
+    CPU seconds are the work done. Lives here, not in a pipeline, so that a worker calling it
+    imports nothing else."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return float(usage.ru_utime + usage.ru_stime)

@@ -15,7 +15,6 @@ from numpy.typing import NDArray
 
 OTSU_BINS = 1024
 N_MOMENTS = 10  # count, sum z, y, x, then zz, zy, zx, yy, yx, xx
-_SLAB = 16  # z planes at a time: bounded temporaries on big blocks
 MIN_ELONGATION = 2.0  # a component whose long axis is not this much longer has no direction
 
 
@@ -58,23 +57,38 @@ def noise_sigma(boxes: list[NDArray[Any]]) -> dict[str, Any]:
 
 def block_moments(labels: NDArray[Any], offset: tuple[int, int, int]) -> NDArray[np.float64]:
     """Rows ``(label, count, sums..., second moments...)`` for the labels in one block, in
-    volume coordinates (``offset`` is the block's corner)."""
+    volume coordinates (``offset`` is the block's corner).
+
+    One z plane at a time: z is constant there, so its four moments follow from the plane's
+    count and y, x sums, and only six weighted counts run over the voxels (ten over every
+    voxel was 1.7x the CPU). Every term is a sum of integers, exact in float64."""
     top = int(labels.max()) if labels.size else 0
     if top == 0:
         return np.empty((0, N_MOMENTS + 1))
-    acc = np.zeros((top + 1, N_MOMENTS))
-    for z0 in range(0, labels.shape[0], _SLAB):
-        slab = labels[z0 : z0 + _SLAB]
-        dz, y, x = np.nonzero(slab)
-        if dz.size == 0:
+    n = top + 1
+    acc = np.zeros((n, N_MOMENTS))
+    for k in range(labels.shape[0]):
+        plane = labels[k]
+        y, x = np.nonzero(plane)
+        if y.size == 0:
             continue
-        ids = slab[dz, y, x].astype(np.intp)
-        z = (dz + offset[0] + z0).astype(np.float64)
+        ids = plane[y, x].astype(np.intp)
         yy = (y + offset[1]).astype(np.float64)
         xx = (x + offset[2]).astype(np.float64)
-        acc[:, 0] += np.bincount(ids, minlength=top + 1)
-        for j, weights in enumerate((z, yy, xx, z * z, z * yy, z * xx, yy * yy, yy * xx, xx * xx)):
-            acc[:, j + 1] += np.bincount(ids, weights=weights, minlength=top + 1)
+        z = float(offset[0] + k)
+        count = np.bincount(ids, minlength=n)
+        sum_y = np.bincount(ids, yy, n)
+        sum_x = np.bincount(ids, xx, n)
+        acc[:, 0] += count
+        acc[:, 1] += z * count
+        acc[:, 2] += sum_y
+        acc[:, 3] += sum_x
+        acc[:, 4] += z * z * count
+        acc[:, 5] += z * sum_y
+        acc[:, 6] += z * sum_x
+        acc[:, 7] += np.bincount(ids, yy * yy, n)
+        acc[:, 8] += np.bincount(ids, yy * xx, n)
+        acc[:, 9] += np.bincount(ids, xx * xx, n)
     present = np.flatnonzero(acc[:, 0])
     present = present[present > 0]
     return np.column_stack([present.astype(np.float64), acc[present]])

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
 import numpy as np
+import ome_zarr.writer  # noqa: F401 - for ngff.create, here: the workers never import it
 from dask.delayed import delayed
 from dask_image import ndmeasure
 from distributed import get_task_stream, wait
@@ -35,6 +35,7 @@ from consumers.pipelines.zarrstore import ObjectZarrStore
 from shared.errors import InvalidInput
 from shared.jobspec import MicrostructureParams
 from shared.store import ObjectInfo
+from shared.timing import process_cpu_s
 
 OUTPUT = "fibers.ome.zarr"
 LABEL_NAME = "fibers"
@@ -114,13 +115,6 @@ def _busy(stream: Any, part_of_key: str) -> dict[str, float]:
     return {k: round(v, 6) for k, v in sorted(busy.items())}
 
 
-def process_cpu_s() -> float:
-    """CPU seconds of the calling process (run on each worker): busy seconds are wall time,
-    which other jobs on a shared machine inflate; CPU seconds are the work done."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return float(usage.ru_utime + usage.ru_stime)
-
-
 def _workers_cpu(client: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in client.run(process_cpu_s).items()}
 
@@ -138,24 +132,47 @@ def _raise_task_errors(collection: Any) -> None:
             future.result()
 
 
+def _cores(
+    padded: tuple[tuple[int, ...], ...], halo: int, pad_faces: bool
+) -> tuple[tuple[int, ...], ...]:
+    """Block sizes without their halos (``overlap()`` may have merged small chunks first)."""
+    return tuple(
+        tuple(
+            c
+            - (halo if pad_faces or i > 0 else 0)
+            - (halo if pad_faces or i < len(axis) - 1 else 0)
+            for i, c in enumerate(axis)
+        )
+        for axis in padded
+    )
+
+
 def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: Any) -> da.Array:
     source = da.from_zarr(loaded.volume.array, chunks=plan.dask_chunks)
     cpu0 = _workers_cpu(client)
     with ctx.timer.stage("vesselness"), get_task_stream(client) as stream:
-        lazy = source.map_overlap(
+        # overlap + map_blocks rather than map_overlap: each task returns its chunk without
+        # the halo, so ITK computes the halo's Hessian (needed) but not its objectness.
+        padded = da.overlap.overlap(
+            source, depth=plan.halo, boundary="reflect" if plan.boundary == "reflect" else "none"
+        )
+        pad_faces = plan.boundary == "reflect"
+        lazy = padded.map_blocks(
             objectness_block,
-            depth=plan.halo,
-            boundary=plan.boundary,
-            trim=True,
+            chunks=_cores(padded.chunks, plan.halo, pad_faces),
             dtype=np.float32,
             meta=np.empty((0, 0, 0), dtype=np.float32),
             spec=loaded.spec,
-            name="objectness",
+            halo=plan.halo,
+            pad_faces=pad_faces,
+            token="objectness",  # noqa: S106 - the key prefix; dask appends a hash
         )
-        vessel: da.Array = client.persist(lazy)
+        # A no-op unless overlap() merged chunks smaller than the halo: the writes need the
+        # plan's chunks, whole multiples of the storage chunk.
+        vessel: da.Array = client.persist(lazy.rechunk(plan.dask_chunks))
         wait(vessel)
         _raise_task_errors(vessel)
-    ctx.timer.extra["vesselness_workers_busy_s"] = _busy(stream, "overlap")
+    ctx.timer.extra["vesselness_workers_busy_s"] = _busy(stream, "objectness")
     ctx.timer.extra["vesselness_workers_cpu_s"] = _cpu_delta(cpu0, _workers_cpu(client))
     return vessel
 

@@ -17,6 +17,9 @@ from numpy.typing import NDArray
 
 from shared.errors import InvalidInput
 
+#: Voxels to leave out of a result before and after, per axis (z, y, x).
+Crop = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
 #: Halo per sigma. ITK's recursive Gaussian is an IIR filter whose tails decay like
 #: exp(-1.7 d / sigma), not a kernel cut at a few sigma; and objectness is discontinuous where
 #: eigenvalues swap order, so a tiny Hessian difference can move a voxel a lot. Measured on two
@@ -45,17 +48,38 @@ def halo_for(sigmas: tuple[float, ...]) -> int:
     return math.ceil(HALO_PER_SIGMA * max(sigmas))
 
 
-def objectness(volume: NDArray[Any], spec: ObjectnessSpec) -> NDArray[np.float32]:
-    """Objectness of a 3D array (z, y, x) in one ITK call per sigma; float32 in [0, 1]."""
+def objectness(
+    volume: NDArray[Any], spec: ObjectnessSpec, crop: Crop | None = None
+) -> NDArray[np.float32]:
+    """Objectness of a 3D array (z, y, x) in one ITK call per sigma; float32 in [0, 1].
+    ``crop``: voxels left out of the result before and after, per axis (a chunk's halo)."""
     from consumers.pipelines import itk_objectness  # loaded at worker start; a lookup here
 
-    return itk_objectness.objectness(volume, spec)
+    return itk_objectness.objectness(volume, spec, crop)
 
 
-def objectness_block(block: NDArray[Any], spec: ObjectnessSpec) -> NDArray[np.float32]:
-    """A chunk plus its halo (dask ``map_overlap``). Non-finite input fails the job: any value
-    put in its place would bend the Hessian for sigmas around it, silently."""
+def objectness_block(
+    block: NDArray[Any],
+    spec: ObjectnessSpec,
+    halo: int,
+    pad_faces: bool,
+    block_info: dict[Any, Any] | None = None,
+) -> NDArray[np.float32]:
+    """One chunk of the objectness from the chunk plus its halo (dask ``overlap`` then
+    ``map_blocks``): the halo's own objectness is never computed, only its Hessian. A halo lies
+    on every side with a neighbour, and on the volume's faces too when ``pad_faces`` (mirrored).
+
+    Non-finite input fails the job: any value put in its place would bend the Hessian for
+    sigmas around it, silently."""
     if block.dtype.kind == "f" and not np.isfinite(block).all():
         bad = int(block.size - np.count_nonzero(np.isfinite(block)))
         raise InvalidInput(f"the volume holds NaN or infinite values ({bad} in one chunk)")
-    return objectness(block, spec)
+    assert block_info is not None
+    where, grid = block_info[None]["chunk-location"], block_info[None]["num-chunks"]
+    lo = [halo if pad_faces or i > 0 else 0 for i in where]
+    hi = [halo if pad_faces or i < n - 1 else 0 for i, n in zip(where, grid, strict=True)]
+    crop: Crop = ((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))
+    result = objectness(block, spec, crop)
+    if result.shape != tuple(block_info[None]["chunk-shape"]):
+        raise AssertionError(f"chunk {where}: {result.shape} != {block_info[None]['chunk-shape']}")
+    return result

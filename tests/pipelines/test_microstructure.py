@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +19,10 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from consumers.pipelines import fiberstats, microstructure, ngff
+from consumers.pipelines import PIPELINES, fiberstats, microstructure, ngff
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.chunking import STORAGE_CHUNK, plan_chunks
-from consumers.pipelines.vesselness import objectness
+from consumers.pipelines.vesselness import ObjectnessSpec, objectness
 from producer.synth.fibers import Fiber, PhantomSpec, render_slab, write_phantom
 from shared.errors import InvalidInput
 from shared.jobspec import JobSpec
@@ -367,3 +369,42 @@ def test_otsu_noise_and_orientation() -> None:
     )
     assert stats["fibers"] == 3
     assert stats["orientation"]["angle_from_z_deg"] == pytest.approx(10, abs=1)
+
+
+def test_a_cropped_objectness_is_the_same_voxels_of_the_whole_call() -> None:
+    # What each chunk's task does: the Hessian over chunk + halo, the measure over the chunk.
+    rng = np.random.default_rng(5)
+    volume = ndimage.gaussian_filter(rng.normal(size=(40, 44, 48)), 1.5).astype(np.float32)
+    spec = ObjectnessSpec(sigmas=(1.0, 2.0), alpha=0.05, beta=1.0, gamma=0.01)
+    full = objectness(volume, spec)
+    part = objectness(volume, spec, ((18, 0), (3, 18), (0, 7)))
+    assert full.max() > 0.1
+    np.testing.assert_array_equal(part, full[18:, 3:-18, :-7])
+    with pytest.raises(ValueError, match="leaves nothing"):
+        objectness(volume, spec, ((20, 20), (0, 0), (0, 0)))
+
+
+def test_workers_import_only_what_their_tasks_use() -> None:
+    # A worker that unpickles a task from consumers.pipelines must not pull in every pipeline's
+    # stack (dipy, matplotlib, ome-zarr-py + scikit-image): ~7 CPU s per worker process.
+    modules = PIPELINES["microstructure"].worker_modules
+    code = (
+        "import importlib, sys\n"
+        f"for name in {list(modules)!r}: importlib.import_module(name)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1].replace("'", '"')))
+    assert {"itk", "dask_image", "zarr"} <= loaded
+    assert not {"dipy", "matplotlib", "ome_zarr", "skimage", "celery"} & loaded
+
+
+def test_regions_are_written_chunk_aligned(tmp_path: Path) -> None:
+    target = zarr.create_array(
+        ngff.ObjectZarrStore(LocalStore(tmp_path)), shape=(8, 8, 8), chunks=(4, 4, 4), dtype="u1"
+    )
+    written = ngff.write_region(np.ones((4, 8, 4), np.uint8), target, (4, 0, 4))
+    assert sorted(info.key for info in written) == ["c/1/0/1", "c/1/1/1"]
+    assert target[4:, :, 4:].all() and not target[:4].any()
+    with pytest.raises(ValueError, match="not aligned"):
+        ngff.write_region(np.ones((4, 4, 4), np.uint8), target, (2, 0, 0))
