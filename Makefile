@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	-@$(MAKE) -s tls-server
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q

@@ -58,6 +58,9 @@ def test_coiled_cluster_is_closed_when_the_consumer_is_told_to_stop(
         VOXFLEET_QUEUE=queue,
         VOXFLEET_DEFAULT_CLUSTER="coiled",
         VOXFLEET_TEST_COILED_LOG=str(events),
+        # Long enough for this small job to finish after SIGTERM (the requeue path is
+        # tests/faults/test_scale_in.py's).
+        VOXFLEET_SOFT_SHUTDOWN_S="300",
         PYTHONPATH=STANDINS,
     )
     settings = Settings(broker_url=redis_server.url, queue=queue)
