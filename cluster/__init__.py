@@ -55,7 +55,7 @@ def backend_for(
     )
 
 
-def _import_modules(modules: Sequence[str]) -> None:
+def import_modules(modules: Sequence[str]) -> None:
     for name in modules:
         importlib.import_module(name)
 
@@ -66,7 +66,7 @@ def _start(backend: ClusterBackend, warm_modules: Sequence[str]) -> Client:
         # Import the pipeline's stack on every worker now, in parallel, rather than inside the
         # first task of the first stage (dipy or ITK take seconds to import).
         t0 = time.perf_counter()
-        client.run(_import_modules, list(warm_modules))
+        client.run(import_modules, list(warm_modules))
         backend.acquire_s += time.perf_counter() - t0
     if backend.owns_cluster:
         backend.startup_cpu_s = client.run(process_cpu_s)

@@ -19,8 +19,24 @@ from shared.settings import Settings
 WORKER_DEATH_TIMEOUT_S = 120
 # Dask's defaults suit an interactive dashboard: a system monitor every 0.5 s and a sampling
 # profiler cost an idle 2-worker cluster ~6 CPU s a minute, charged to every job. A batch
-# cluster needs neither at that rate (measured in docs/benchmarks.md, tractography).
+# cluster needs neither at that rate (measured in docs/benchmarks.md, tractography). The
+# event-loop tick (every 20 ms by default; it only measures loop latency, to warn when a loop
+# is blocked past tick.limit = 3 s) cost another 7 CPU s a minute: an idle 2-worker cluster
+# took 2.7 CPU s per 20 s with it and 0.43 with a 1 s tick (measured 2026-11-22).
+#
+# Dask also exports MALLOC_TRIM_THRESHOLD_=65536 to its workers, to hand freed memory back to
+# the OS sooner. Setting any malloc threshold turns off glibc's dynamic mmap threshold, so every
+# array over 128 KiB is a fresh mmap and munmap: serial RecoBundles run with it set paid ~3 s
+# of system time in ~30 s (0.24 s without); CSD and tracking allocate per voxel and streamline.
+# Large arrays (over glibc's 32 MiB ceiling) are still mapped and returned at once; the workers
+# keep Dask's one-thread-per-library settings.
 QUIET_DASK = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.nanny.pre-spawn-environ": {
+        "OMP_NUM_THREADS": 1,
+        "MKL_NUM_THREADS": 1,
+        "OPENBLAS_NUM_THREADS": 1,
+    },
     "distributed.admin.system-monitor.interval": "5s",
     "distributed.worker.profile.enabled": False,
     "distributed.worker.memory.monitor-interval": "1s",
