@@ -5,6 +5,11 @@ dipy calls, and vs dipy's own ``engine="dask"`` CSD fit, on one synthetic subjec
 medium). The serial reference and dipy's dask fits run in a child process with one BLAS thread
 (as Dask workers have), so its CPU seconds are single-threaded dipy's and nothing else; it
 reports its own per-stage wall and CPU time, excluding interpreter start and imports.
+
+``cpu_inflation`` divides our CPU seconds by the serial script's as measured with a second
+copy of it running beside it (unless ``--no-pair``): our two workers share the machine's two
+virtual cores, caches and memory bandwidth with each other, and a lone serial process does not.
+``cpu_inflation_vs_solo`` is the same over the lone run; ``contention`` is the ratio of the two.
 """
 
 from __future__ import annotations
@@ -134,13 +139,24 @@ def serial_reference(subject: Path, out: Path, dask_backends: list[str]) -> dict
     return figures
 
 
-def _run_reference(subject: Path, out: Path, dask_backends: list[str]) -> dict[str, Any]:
-    report = out / "serial.json"
+def _run_reference(
+    subject: Path, out: Path, dask_backends: list[str], copies: int = 1
+) -> list[dict[str, Any]]:
+    """The serial script in ``copies`` processes at once (dipy's dask fits in the first only)."""
     env = {**os.environ, **SINGLE_THREAD}
-    command = [sys.executable, "-m", "bench.tractography", str(subject), str(out), str(report)]
-    subprocess.run([*command, *dask_backends], env=env, check=True)
-    result: dict[str, Any] = json.loads(report.read_text())
-    return result
+    runs = []
+    for i in range(copies):
+        where = out if copies == 1 else out / f"copy{i}"
+        where.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "bench.tractography", str(subject), str(where)]
+        extra = dask_backends if i == 0 else []
+        runs.append(
+            (where, subprocess.Popen([*command, str(where / "serial.json"), *extra], env=env))
+        )
+    for _, proc in runs:
+        if proc.wait() != 0:
+            raise RuntimeError(f"serial reference failed ({proc.returncode})")
+    return [json.loads((where / "serial.json").read_text()) for where, _ in runs]
 
 
 def _compare(shards: list[Path], serial_trk: Path, dwi: Path) -> dict[str, Any]:
@@ -213,6 +229,8 @@ def main(options: list[str]) -> dict[str, Any]:
 
     size = next((o.split("=", 1)[1] for o in options if o.startswith("--size=")), "medium")
     repeat = int(next((o.split("=", 1)[1] for o in options if o.startswith("--repeat=")), "1"))
+    paired = "--no-pair" not in options
+    pair: list[dict[str, Any]] | None = None
     backends = (
         ["threading"] if "--no-dask-processes" in options else ["threading", "multiprocessing"]
     )
@@ -241,13 +259,18 @@ def main(options: list[str]) -> dict[str, Any]:
 
             (root / f"ref{run}").mkdir()
             with host_load(lambda: process.cpu_s) as ref_host, measure() as process:
-                ref = _run_reference(subject, root / f"ref{run}", backends if run == 0 else [])
+                (ref,) = _run_reference(subject, root / f"ref{run}", backends if run == 0 else [])
             serial_runs.append({**ref, "process": process.as_dict(), "host": ref_host})
             print(
                 f"serial #{run}: {ref['wall_s']:.1f} s wall, {ref['cpu_s']:.1f} s CPU "
                 f"{ref_host}\n  stages {json.dumps(ref['stages_s'])}",
                 flush=True,
             )
+        if paired:
+            # Two serial copies at once: each shares the machine with the other as each of our
+            # workers does, so their mean CPU is the serial cost under the same contention.
+            pair = _run_reference(subject, root / "pair", [], copies=2)
+            print(f"serial beside a copy: {[round(r['cpu_s'], 1) for r in pair]} CPU s", flush=True)
         first = ours_runs[0]["outcome"]
         job = Path(first.manifest_uri).parent
         shard_paths = [job / first.timing["attempt"] / s["key"] for s in first.summary["shards"]]
@@ -255,7 +278,7 @@ def main(options: list[str]) -> dict[str, Any]:
             shard_paths, root / "ref0" / "serial.trk", subject / DIFF / "data.nii.gz"
         )
 
-    figures = _figures(size, ours_runs, serial_runs, equality)
+    figures = _figures(size, ours_runs, serial_runs, equality, pair)
     write_results("tractography", figures)
     return figures
 
@@ -265,6 +288,7 @@ def _figures(
     ours_runs: list[dict[str, Any]],
     serial_runs: list[dict[str, Any]],
     equality: dict[str, Any],
+    pair: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Ratios from the fastest run of each side (the one least disturbed by neighbours); CPU
     inflation from the smallest CPU time of each side; every run is kept in the results."""
@@ -274,6 +298,10 @@ def _figures(
     ours_cpu = min(r["measured"].cpu_s for r in ours_runs)
     ref_cpu = min(r["cpu_s"] for r in serial_runs)
     dask = serial_runs[0]
+    paired_cpu = float(np.mean([r["cpu_s"] for r in pair])) if pair else None
+    csd_tracking_ref = float(
+        np.mean([r["stages_cpu_s"]["csd"] + r["stages_cpu_s"]["tracking"] for r in pair or [ref]])
+    )
     timing = outcome.timing
     stages, rs = timing["stages_s"], ref["stages_s"]
     busy: dict[str, float] = {}
@@ -303,9 +331,13 @@ def _figures(
         # imports included); the serial side only its stages. Two symmetric readings beside it:
         # neither side charged its start-up, and both charged it (the serial script's own
         # interpreter and imports, as `python serial.py` pays them).
-        "cpu_inflation": round(ours_cpu / ref_cpu, 3),
-        "cpu_inflation_without_startup": round((ours.cpu_s - startup) / ref_cpu, 3),
-        "cpu_inflation_with_startup": round(ours_cpu / ref_process_cpu, 3),
+        "cpu_inflation": round(ours_cpu / (paired_cpu or ref_cpu), 3),
+        "cpu_inflation_vs_solo": round(ours_cpu / ref_cpu, 3),
+        "contention": round(paired_cpu / ref_cpu, 3) if paired_cpu else None,
+        "cpu_inflation_without_startup": round((ours.cpu_s - startup) / (paired_cpu or ref_cpu), 3),
+        "cpu_inflation_with_startup": round(
+            ours_cpu / (ref_process_cpu - ref_cpu + (paired_cpu or ref_cpu)), 3
+        ),
         "cpu_breakdown_s": {
             # The run `best` (whose cluster these figures come from), every process of the job.
             "total": round(ours.cpu_s, 3),
@@ -317,13 +349,10 @@ def _figures(
             # Reaped children that are not workers, and worker CPU after the last reading
             "rest": round(ours.cpu_s - ours.own_cpu_s - workers_total, 3),
             "serial_stages": round(ref_cpu, 3),
+            "serial_stages_beside_a_copy": round(paired_cpu, 3) if paired_cpu else None,
             "serial_startup": round(ref_startup, 3),
         },
-        "cpu_inflation_csd_tracking": round(
-            sum(worker_cpu.values())
-            / (ref["stages_cpu_s"]["csd"] + ref["stages_cpu_s"]["tracking"]),
-            3,
-        ),
+        "cpu_inflation_csd_tracking": round(sum(worker_cpu.values()) / csd_tracking_ref, 3),
         "balance": _balance(busy),
         "balance_csd": _balance(timing.get("csd_workers_busy_s", {})),
         "balance_tracking": _balance(timing.get("tracking_workers_busy_s", {})),

@@ -172,6 +172,42 @@ def test_bundles_equal_serial_recobundles_and_find_the_truth(
     assert sum(busy.values()) > 0 and set(busy) <= set(dask_client.scheduler_info()["workers"])
 
 
+def test_trx_atlas_in_trx_bundles_out(
+    tmp_path: Path, stores: tuple[str, str, str], data: Any, dask_client: Any
+) -> None:
+    """The atlas as .trx files, the bundles written as .trx: the same streamlines as the .trk
+    path and the serial calls, and every output opens with dipy against its own header."""
+    from dipy.io.streamline import save_tractogram
+
+    _, tractogram_uri, atlas_uri = stores
+    trx_atlas = tmp_path / "atlas-trx"
+    trx_atlas.mkdir()
+    for trk in sorted(Path(atlas_uri).glob("*.trk")):
+        sft = load_tractogram(str(trk), "same", bbox_valid_check=False)
+        save_tractogram(sft, str(trx_atlas / f"{trk.stem}.trx"), bbox_valid_check=False)
+    assert not list(trx_atlas.glob("*.trk"))
+    params = {
+        "atlas": str(trx_atlas),
+        "slr_min_cluster": SLR_MIN_CLUSTER,
+        "output_format": "trx",
+        "qc": False,
+        **PARAMS,
+    }
+    ctx = make_ctx(tmp_path, tractogram_uri, params)
+    result = bundles.run(ctx, bundles.load(ctx), dask_client)
+
+    names = sorted(data[0][1])
+    whole, reference, _ = serial_recobundles(tractogram_uri, Path(atlas_uri), names)
+    assert sorted(f["key"] for f in result.summary["atlas"]["files"]) == [f"{n}.trx" for n in names]
+    for name in names:
+        indices = np.load(result.uploads[f"bundles/{name}.indices.npy"])
+        assert np.array_equal(indices, reference[name]), name
+        path = result.uploads[f"bundles/{name}.trx"]
+        assert path.suffix == ".trx"
+        out = load_tractogram(str(path), "same", bbox_valid_check=False).streamlines
+        assert np.allclose(out.get_data(), whole[indices].get_data(), atol=1e-4)
+
+
 @pytest.mark.parametrize("problem", ["no-result", "uncommitted", "not-tractography"])
 def test_bad_tractography_input_fails_before_the_cluster(
     tmp_path: Path, stores: tuple[str, str, str], problem: str
