@@ -54,7 +54,14 @@ def classify(exc: BaseException, what: str) -> VoxfleetError:
 
 def gather_all(client: Any, futures: Sequence[Any], labels: Sequence[str]) -> list[Any]:
     """The results of ``futures`` in order; on the first failure, cancel the others and raise
-    ``classify(...)`` naming the task by its label."""
+    ``classify(...)`` naming the task by its label.
+
+    ``as_completed`` is given ``client``'s loop (here and in ``map_scattered``): by default it
+    waits on the *default* client's, which is whichever Client this process made last. With two
+    (a watcher, a shared cluster's) the futures' events get bound to the other loop, and a
+    result that must be re-gathered after its worker died then fails with "bound to a different
+    event loop" instead of being recomputed.
+    """
     from distributed import as_completed
     from distributed.client import FutureCancelledError
 
@@ -63,7 +70,7 @@ def gather_all(client: Any, futures: Sequence[Any], labels: Sequence[str]) -> li
     position = {future.key: i for i, future in enumerate(futures)}
     results: dict[int, Any] = {}
     try:
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             i = position[future.key]
             if future.status == "error":
                 exc = future.exception()
@@ -123,7 +130,7 @@ def map_scattered(
         index = {future.key: i for future, i in zip(futures, todo, strict=True)}
         lost: list[int] = []
         try:
-            for future in as_completed(futures):
+            for future in as_completed(futures, loop=client.loop):
                 i = index[future.key]
                 if future.status == "cancelled":
                     lost.append(i)
