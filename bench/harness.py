@@ -46,17 +46,45 @@ def _cpu_now() -> float:
     return _own_cpu() + kids.ru_utime + kids.ru_stime
 
 
+def _live_children() -> dict[int, float]:
+    """CPU so far of each live child process, with the children *it* has reaped.
+
+    A local cluster's workers are forked by a forkserver (a long-lived child of this process):
+    they are its children, not ours, so their CPU reaches our ``RUSAGE_CHILDREN`` only when the
+    forkserver itself exits. Reading the forkserver's own times plus its reaped children's
+    charges them to the block that ran them."""
+    import psutil
+
+    live: dict[int, float] = {}
+    for child in psutil.Process().children():
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        live[child.pid] = t.user + t.system + t.children_user + t.children_system
+    return live
+
+
 @contextmanager
 def measure() -> Iterator[Measurement]:
-    """Wall and CPU seconds of the block. Child processes count once they have exited and been
-    waited for, so close clusters inside the block."""
+    """Wall and CPU seconds of the block: this process, every child it reaped during the block,
+    and what live children (a forkserver and the workers it reaped) used during it. Close
+    clusters inside the block: a worker still running at its end is not counted."""
     result = Measurement()
+    live0 = _live_children()
     cpu0, own0, wall0 = _cpu_now(), _own_cpu(), time.perf_counter()
     try:
         yield result
     finally:
         result.wall_s = time.perf_counter() - wall0
-        result.cpu_s = _cpu_now() - cpu0
+        reaped = _cpu_now() - cpu0
+        live1 = _live_children()
+        # Children alive at both ends: what they used in between. Born during the block: all
+        # of it. Alive at the start, reaped during it: RUSAGE_CHILDREN holds their whole life,
+        # so take off what they had used before the block.
+        during = sum(cpu - live0.get(pid, 0.0) for pid, cpu in live1.items())
+        before = sum(cpu for pid, cpu in live0.items() if pid not in live1)
+        result.cpu_s = reaped + during - before
         result.own_cpu_s = _own_cpu() - own0
 
 

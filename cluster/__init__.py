@@ -56,11 +56,14 @@ def backend_for(
 
 
 def import_modules(modules: Sequence[str]) -> None:
+    """Import ``modules`` (runs on every worker: no-ops where the workers were started with
+    them already imported)."""
     for name in modules:
         importlib.import_module(name)
 
 
 def _start(backend: ClusterBackend, warm_modules: Sequence[str]) -> Client:
+    backend.preload = tuple(warm_modules)
     client = backend.start()
     if warm_modules:
         # Import the pipeline's stack on every worker now, in parallel, rather than inside the

@@ -24,6 +24,9 @@ class ClusterBackend(ABC):
     start_early: bool = True
     #: The deployed cluster object (LocalCluster, coiled.Cluster, ...), where there is one.
     cluster: Any = None
+    #: Modules the job's workers will import (its pipeline's stack), set before ``start``: a
+    #: backend that can start workers with them already imported does (``local``).
+    preload: tuple[str, ...] = ()
 
     def __init__(
         self,

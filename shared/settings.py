@@ -7,6 +7,7 @@ chain (env, profile, instance role), so they never pass through our objects, log
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
@@ -49,6 +50,13 @@ class Settings(BaseSettings):
     )
     local_memory_limit: str = Field(
         default="auto", description="Per-worker memory limit of a local cluster (Dask syntax)."
+    )
+    # Workers forked from one server that imported the pipeline's stack once per consumer,
+    # instead of each spawned worker of each job importing it again (~8 CPU s a worker).
+    local_start_method: Literal["forkserver", "spawn"] = Field(
+        default="forkserver",
+        description="How a local cluster starts its workers: 'forkserver' (preloaded imports, "
+        "paid once per consumer) or 'spawn' (Dask's default: a fresh interpreter per worker).",
     )
     scheduler_connect_timeout_s: float = Field(
         default=30.0, gt=0, description="Connecting to an existing scheduler; then retried."

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from distributed import Client
 
@@ -9,6 +15,8 @@ import cluster
 from shared.errors import ConfigError
 from shared.settings import Settings
 from shared.timing import StageTimer
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_local_cluster_is_torn_down_on_success_and_on_error() -> None:
@@ -70,3 +78,58 @@ def test_unreachable_scheduler_is_a_cluster_error() -> None:
         cluster.acquire(f"tcp://127.0.0.1:{free_port()}", settings),
     ):
         pass
+
+
+PROBE = """
+import json, os, sys
+import cluster
+from shared.settings import Settings
+
+def probe():
+    import os
+    return {"ppid": os.getppid(), "omp": os.environ.get("OMP_NUM_THREADS"),
+            "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+seen = []
+for _ in range(2):  # two jobs' clusters in one consumer process
+    settings = Settings(local_start_method=sys.argv[1])
+    with cluster.acquire("local:2", settings, warm_modules=["vf_probe"]) as client:
+        seen.extend(client.run(probe).values())
+print(json.dumps({"me": os.getpid(), "workers": seen}))
+"""
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_local_workers_start_with_the_pipeline_stack_imported_once(
+    tmp_path: Path, method: str
+) -> None:
+    """forkserver: the pipeline's modules are imported once per consumer process, by the server
+    every worker of every job is forked from; spawn imports them in every worker again. Either
+    way the workers run one BLAS/OpenMP thread and without Dask's malloc trim threshold."""
+    (tmp_path / "vf_probe.py").write_text(
+        "import os\nwith open(os.environ['VF_PROBE_LOG'], 'a') as f:\n"
+        "    f.write(f'{os.getpid()}\\n')\n"
+    )
+    log = tmp_path / "imports.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+        "VF_PROBE_LOG": str(log),
+    }
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)  # as a fresh consumer has it
+    run = subprocess.run(
+        [sys.executable, "-c", PROBE, method], env=env, capture_output=True, text=True,
+        timeout=240, check=True,
+    )  # fmt: skip
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    importers = log.read_text().split()
+    workers = report["workers"]
+    assert len(workers) == 4
+    assert all(w["omp"] == "1" and w["trim"] is None for w in workers), workers
+    if method == "forkserver":
+        (server,) = {w["ppid"] for w in workers}  # one server forked all four
+        assert server != report["me"]
+        assert importers == [str(server)]  # and it alone imported the module, once
+    else:
+        assert {w["ppid"] for w in workers} == {report["me"]}
+        assert len(importers) == 4  # every worker of both clusters imported it
