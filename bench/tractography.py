@@ -74,7 +74,7 @@ def serial_reference(subject: Path, out: Path, dask_backends: list[str]) -> dict
     from nibabel.streamlines.array_sequence import ArraySequence
 
     from consumers.pipelines.hcp import resample_labels_nearest
-    from shared.jobspec import HCP_WM_LABELS
+    from shared.params import HCP_WM_LABELS
 
     st = Stages()
     with st.stage("load"):

@@ -20,8 +20,9 @@ from celery import Celery
 
 from consumers.app import TASK_NAME
 from consumers.ledger import Ledger
-from shared.jobspec import JobSpec, TractographyParams
+from shared.jobspec import JobSpec
 from shared.manifest import MANIFEST
+from shared.params import TractographyParams
 
 log = logging.getLogger(__name__)
 SUFFIX = "-bundles"

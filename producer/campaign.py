@@ -21,9 +21,11 @@ from consumers.ledger import FINAL_STATES, Ledger
 from producer.bulk import publish_bulk, queue_list
 from producer.inputs import input_rows
 from producer.jobs import ledger_for
+from shared.checks import check_id, describe
 from shared.errors import InvalidInput
-from shared.jobspec import PIPELINE_PARAMS, JobSpec, check_id, describe
+from shared.jobspec import JobSpec
 from shared.manifest import MANIFEST
+from shared.params import PIPELINE_PARAMS
 from shared.settings import Settings
 from shared.store import ObjectStore, open_store
 

@@ -13,7 +13,9 @@ from rich.table import Table
 
 from producer.cli_campaign import app as campaign_app
 from producer.console import console, err_console, friendly
-from shared.jobspec import PIPELINE_PARAMS, JobSpec, describe
+from shared.checks import describe
+from shared.jobspec import JobSpec
+from shared.params import PIPELINE_PARAMS
 from shared.settings import get_settings, use_settings
 
 app = typer.Typer(

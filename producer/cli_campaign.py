@@ -25,8 +25,8 @@ from producer.campaign import (
 )
 from producer.console import console, err_console, friendly
 from producer.jobs import parse_params
-from shared.jobspec import PIPELINE_PARAMS
 from shared.manifest import MANIFEST, Manifest
+from shared.params import PIPELINE_PARAMS
 from shared.settings import get_settings
 from shared.store import open_store
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from shared.errors import InvalidInput
-from shared.jobspec import JobSpec, PipelineParams
+from shared.jobspec import JobSpec
+from shared.params import PipelineParams
 from shared.settings import Settings
 from shared.store import ObjectInfo, ObjectStore
 from shared.timing import StageTimer

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from shared.checks import check_id
 from shared.errors import InvalidInput, MissingInput
-from shared.jobspec import check_id
 from shared.manifest import Manifest, read_manifest
 from shared.settings import Settings
 from shared.store import ObjectStore, open_store, split_uri

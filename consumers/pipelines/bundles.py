@@ -25,8 +25,8 @@ from consumers.pipelines import bundle_inputs, recognition
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.remote import map_scattered
 from shared.errors import InvalidInput
-from shared.jobspec import BundlesParams
 from shared.manifest import Manifest
+from shared.params import BundlesParams
 
 
 @dataclass

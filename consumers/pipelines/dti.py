@@ -20,7 +20,7 @@ from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.hcp import Subject, check_subject, load_subject
 from consumers.pipelines.remote import map_scattered
 from shared.errors import InvalidInput
-from shared.jobspec import DtiParams
+from shared.params import DtiParams
 
 CHUNKS_PER_WORKER = 4  # a few per worker lets a fast worker take over a slow one's share
 # Six tensor elements plus S0: fewer diffusion-weighted volumes leave the fit underdetermined.

@@ -33,7 +33,7 @@ from consumers.pipelines.vesselness import ObjectnessSpec, objectness_block
 from consumers.pipelines.volume import Volume, open_volume
 from consumers.pipelines.zarrstore import ObjectZarrStore
 from shared.errors import InvalidInput
-from shared.jobspec import MicrostructureParams
+from shared.params import MicrostructureParams
 from shared.store import ObjectInfo
 from shared.timing import process_cpu_s
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.jobspec import BundlesParams
+from shared.params import BundlesParams
 
 #: dipy's bundle_shape_similarity distance threshold (mm) in its own examples: two bundles whose
 #: centroids are within 6 mm of each other count as adjacent.

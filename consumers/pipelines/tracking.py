@@ -32,7 +32,7 @@ from nibabel.streamlines.array_sequence import ArraySequence
 from numpy.typing import NDArray
 
 from consumers.pipelines.remote import map_scattered
-from shared.jobspec import TractographyParams
+from shared.params import TractographyParams
 from shared.store import ObjectInfo, ObjectStore
 
 SHARDS_PER_WORKER = 4  # enough that the last shard to finish leaves little idle time

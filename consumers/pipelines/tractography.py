@@ -24,7 +24,7 @@ from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.dti import fit_tensor_values, write_nifti
 from consumers.pipelines.hcp import APARC_KEY, Subject, check_subject, load_subject
 from shared.errors import InvalidInput, MissingInput
-from shared.jobspec import DtiParams, TractographyParams
+from shared.params import DtiParams, TractographyParams
 
 
 @dataclass

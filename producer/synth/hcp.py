@@ -45,8 +45,8 @@ import numpy.typing as npt
 
 from producer.synth.anatomy import Anatomy, Tissue
 from producer.synth.gradients import gradient_scheme
+from shared.checks import check_id
 from shared.errors import InvalidInput
-from shared.jobspec import check_id
 from shared.store import ObjectInfo, ObjectStore
 
 F32 = npt.NDArray[np.float32]

@@ -132,7 +132,7 @@ def _serial_tracking(subject_dir: Path, workdir: Path, step_size: float) -> list
 
     from consumers.pipelines import wm
     from consumers.pipelines.hcp import load_subject
-    from shared.jobspec import TractographyParams
+    from shared.params import TractographyParams
 
     params, settings, inputs = TractographyParams(), Settings(), LocalStore(subject_dir)
     subject = load_subject(inputs, workdir, settings, b0_threshold=params.b0_threshold)

@@ -29,7 +29,8 @@ from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.remote import TaskFailed
 from producer.synth.hcp import write_subject
 from shared.errors import InvalidInput, MissingInput, TransientError
-from shared.jobspec import JobSpec, TractographyParams
+from shared.jobspec import JobSpec
+from shared.params import TractographyParams
 from shared.settings import Settings
 from shared.store import LocalStore, ObjectInfo, ObjectStore
 from shared.timing import StageTimer

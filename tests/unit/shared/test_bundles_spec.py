@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.jobspec import BundlesParams, JobSpec, TractographyParams
+from shared.jobspec import JobSpec
+from shared.params import BundlesParams, TractographyParams
 
 RESULT = "s3://lab/derivatives/100307/tractography/0123456789abcdef"
 
