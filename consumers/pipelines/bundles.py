@@ -131,6 +131,9 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
             remote,
             recognition.RecognitionOptions.from_params(params),
             labels=[f"bundle {m.name}" for m in models],
+            # A bundle's cost is its local SLR over the neighbours it finds, known only once it
+            # runs: the scheduler hands out the next bundle to whichever worker is free.
+            scatter_parts=False,
         )
         del remote
     busy: dict[str, float] = {}

@@ -77,7 +77,7 @@ class RecognitionOptions:
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """One atlas bundle: what is scattered to the workers, once per bundle."""
+    """One atlas bundle: sent to a worker inside its recognition task."""
 
     name: str
     streamlines: Any  # nibabel ArraySequence, RAS mm in atlas space

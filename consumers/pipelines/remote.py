@@ -99,6 +99,7 @@ def map_scattered(
     labels: Sequence[str],
     shared: Sequence[Any] = (),
     retries: int = TASK_RETRIES,
+    scatter_parts: bool = True,
     **kwargs: Any,
 ) -> list[Any]:
     """``func(part, *shared, *args, **kwargs)`` for every part on the cluster; results in order.
@@ -111,6 +112,13 @@ def map_scattered(
     deems surplus, so the dead worker may have held the only copy), and their tasks resubmitted,
     up to ``MAX_ROUNDS`` times: a lost worker costs a few tasks' time, not the job. Task errors
     are classified as in ``gather_all``.
+
+    Scattering places each part on a worker up front, and its task follows it: the work is
+    divided before anyone knows how long each task takes. Where parts are small and task times
+    unequal and unpredictable (a bundle's recognition), ``scatter_parts=False`` sends each part
+    inside its task instead: the tasks then depend only on the shared values, so Dask's
+    scheduler queues them and hands the next one, in submission order, to whichever worker
+    frees up first (greedy list scheduling; largest first if the caller sorts so).
     """
     from distributed import as_completed
     from distributed.client import FutureCancelledError
@@ -121,7 +129,8 @@ def map_scattered(
     todo = list(range(len(parts)))
     for _ in range(MAX_ROUNDS):
         # hash=False: unique keys, so two jobs on one long-lived cluster never alias parts.
-        remote = client.scatter([parts[i] for i in todo], hash=False)
+        chosen = [parts[i] for i in todo]
+        remote = client.scatter(chosen, hash=False) if scatter_parts else chosen
         common = [client.scatter(value, broadcast=True, hash=False) for value in shared]
         futures = [
             client.submit(func, part, *common, *args, pure=False, retries=retries, **kwargs)
@@ -147,7 +156,7 @@ def map_scattered(
             client.cancel(futures)
             raise
         finally:
-            del remote, common, futures  # release the parts and results on the workers
+            del chosen, remote, common, futures  # release the parts and results on the workers
         if not lost:
             return [results[i] for i in range(len(parts))]
         todo = sorted(lost)

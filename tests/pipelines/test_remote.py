@@ -25,3 +25,28 @@ def test_results_are_awaited_on_the_jobs_own_client_loop(dask_client: Any) -> No
             future._state.reset()
             with pytest.raises(TimeoutError):
                 dask_client.sync(future._state.wait, timeout=0.2)
+
+
+def _nap(seconds: float, shared: int) -> tuple[str, float]:
+    from distributed import get_worker
+
+    time.sleep(seconds)
+    return get_worker().address, seconds + shared
+
+
+def test_parts_sent_with_their_tasks_go_to_whichever_worker_is_free(dask_client: Any) -> None:
+    """One long task and six short ones on two workers. Scattered, the parts are placed
+    round-robin before anything runs and the long task's worker gets three short ones as well
+    (seen here: 3). Sent inside their tasks, they are queued by the scheduler, so the long
+    task's worker takes at most the one short task it was handed beside it (Dask gives a
+    one-thread worker two task slots)."""
+    from consumers.pipelines.remote import map_scattered
+
+    parts = [1.5] + [0.2] * 6
+    results = map_scattered(
+        dask_client, _nap, parts, labels=[f"nap {i}" for i in range(len(parts))],
+        shared=[0], scatter_parts=False,
+    )  # fmt: skip
+    assert [r[1] for r in results] == parts  # every part, in order
+    long_worker = results[0][0]
+    assert sum(1 for address, _ in results[1:] if address == long_worker) <= 1
