@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class VoxfleetError(Exception):
     """Root of every error voxfleet raises on purpose."""
@@ -41,3 +43,12 @@ class Cancelled(VoxfleetError):
 
 class TimeLimitExceeded(VoxfleetError):
     """The job ran past its time limit; checked at stage boundaries (solo pools have no signals)."""
+
+
+def one_line_reason(exc: BaseException, path: Path | None = None, key: str = "") -> str:
+    """A third-party exception's message as one line of at most 200 characters, to quote in an
+    ``InvalidInput``; a scratch ``path`` in it is shown as the object ``key`` it holds."""
+    text = " ".join(str(exc).split())
+    if path is not None:
+        text = text.replace(str(path), key)  # our scratch path means nothing to the user
+    return text[:200] if text else type(exc).__name__

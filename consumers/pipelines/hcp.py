@@ -3,7 +3,8 @@
 Everything a user could get wrong about an input becomes ``InvalidInput`` with a one-line reason
 naming the file, *before* any cluster is acquired. Header checks (rank, dimensions against the
 configured limits) run before the voxel data is decompressed, so a hostile or mistaken input is
-refused without ever being inflated in memory.
+refused without ever being inflated in memory. The gradient table's own checks (counts, unit
+directions, a b0) are in ``gradients.py``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import NDArray
 
-from shared.errors import InvalidInput, MissingInput
+from consumers.pipelines.gradients import (
+    BVALS_KEY,
+    BVECS_KEY,
+    DWI_KEY,
+    gradient_table_for,
+    read_gradients,
+)
+from shared.errors import InvalidInput, MissingInput, one_line_reason
 from shared.settings import Settings
 from shared.store import ObjectStore
 
-DWI_KEY = "T1w/Diffusion/data.nii.gz"
-BVALS_KEY = "T1w/Diffusion/bvals"
-BVECS_KEY = "T1w/Diffusion/bvecs"
 MASK_KEY = "T1w/Diffusion/nodif_brain_mask.nii.gz"
 APARC_KEY = "T1w/aparc+aseg.nii.gz"
 
@@ -42,8 +47,6 @@ _NIFTI_ERRORS = (
     ImageFileError,
     HeaderDataError,
 )
-# Gradient directions of diffusion-weighted volumes must be unit vectors (dipy's tolerance).
-_UNIT_ATOL = 0.01
 # Mask and label volumes may share the DWI grid only up to rounding in the stored affine.
 _AFFINE_ATOL = 1e-3
 # Compressed bytes read to find a NIfTI header (348 or 540 bytes once inflated): ample.
@@ -102,7 +105,7 @@ def _open_nifti(path: Path, key: str) -> Any:
     try:
         img = nib.load(path)
     except _NIFTI_ERRORS as exc:
-        reason = _one_line(exc, path, key)
+        reason = one_line_reason(exc, path, key)
         raise InvalidInput(f"{key} is not a readable NIfTI file ({reason})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InvalidInput(f"{key} is a {type(img).__name__}, expected NIfTI")
@@ -114,7 +117,8 @@ def _read_voxels(img: Any, path: Path, key: str, dtype: Any) -> NDArray[Any]:
         arr = np.asarray(img.get_fdata(dtype=dtype) if dtype is not None else img.dataobj)
     except _NIFTI_ERRORS as exc:
         raise InvalidInput(
-            f"{key} is corrupt or truncated ({type(exc).__name__}: {_one_line(exc, path, key)})"
+            f"{key} is corrupt or truncated "
+            f"({type(exc).__name__}: {one_line_reason(exc, path, key)})"
         ) from None
     # The array is in memory now; the scratch copy only costs disk (1+ GB for an HCP DWI).
     path.unlink(missing_ok=True)
@@ -168,7 +172,7 @@ def _peek_header(inputs: ObjectStore, key: str, settings: Settings) -> Any:
         try:
             raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 2048)
         except zlib.error as exc:
-            reason = f"corrupt gzip stream: {_one_line(exc)}"
+            reason = f"corrupt gzip stream: {one_line_reason(exc)}"
             raise InvalidInput(f"{key} is not a readable NIfTI file ({reason})") from None
     # Recognise the header by its size field and magic first: nibabel's own checks would log
     # a screenful of "fixes" for every wrong guess.
@@ -184,7 +188,7 @@ def _peek_header(inputs: ObjectStore, key: str, settings: Settings) -> Any:
         header.get_data_dtype()  # an unknown datatype code raises here
         return header
     except _NIFTI_ERRORS as exc:
-        raise InvalidInput(f"{key} is not a readable NIfTI file ({_one_line(exc)})") from None
+        raise InvalidInput(f"{key} is not a readable NIfTI file ({one_line_reason(exc)})") from None
 
 
 def _same_grid(
@@ -210,97 +214,6 @@ def _read_text(inputs: ObjectStore, key: str, settings: Settings) -> str:
         return inputs.get_bytes(key).decode("ascii")
     except UnicodeDecodeError:
         raise InvalidInput(f"{key} is not a plain-text gradient table") from None
-
-
-def _parse_table(text: str, key: str, *, allow_nonfinite: bool = False) -> NDArray[np.float64]:
-    try:
-        table = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
-    except ValueError as exc:
-        raise InvalidInput(f"{key} is not a table of numbers ({_one_line(exc)})") from None
-    if table.size == 0:
-        raise InvalidInput(f"{key} is empty")
-    if not allow_nonfinite and not np.isfinite(table).all():
-        raise InvalidInput(f"{key} contains NaN or infinite values")
-    return table
-
-
-def read_gradients(
-    bvals_text: str, bvecs_text: str, n_volumes: int | None, b0_threshold: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """bvals (N,) and bvecs (N, 3) from FSL-style text, checked against the DWI's volume count
-    (or, with ``n_volumes`` None, against each other only: the check before any download).
-
-    bvecs may be 3xN (HCP, FSL) or Nx3 (some exporters); 3xN wins when both fit (N == 3).
-    A NaN direction is tolerated (as zero) only for a b0 volume, which has no direction:
-    some exporters write one there, dipy's own ``small_64D`` sample among them.
-    """
-    bvals_table = _parse_table(bvals_text, BVALS_KEY)
-    if min(bvals_table.shape) != 1:
-        raise InvalidInput(f"{BVALS_KEY} must be one row of b-values, got {bvals_table.shape}")
-    bvals = bvals_table.ravel()
-    counted = f"{DWI_KEY} has {n_volumes} volumes"
-    if n_volumes is None:
-        n_volumes = int(bvals.size)
-        counted = f"{BVALS_KEY} has {n_volumes} b-values"
-    elif bvals.size != n_volumes:
-        raise InvalidInput(
-            f"{BVALS_KEY} has {bvals.size} values but {DWI_KEY} has {n_volumes} volumes"
-        )
-    if (bvals < 0).any():
-        raise InvalidInput(f"{BVALS_KEY} contains negative b-values")
-
-    table = _parse_table(bvecs_text, BVECS_KEY, allow_nonfinite=True)
-    if table.shape[0] == 3 and table.shape[1] == n_volumes:
-        bvecs = table.T
-    elif table.shape[1] == 3 and table.shape[0] == n_volumes:
-        bvecs = table
-    elif 3 in table.shape:
-        n_dirs = table.shape[1] if table.shape[0] == 3 else table.shape[0]
-        raise InvalidInput(f"{BVECS_KEY} has {n_dirs} directions but {counted}")
-    else:
-        raise InvalidInput(
-            f"{BVECS_KEY} must be 3xN (or Nx3), got {table.shape[0]}x{table.shape[1]}"
-        )
-    bvecs = np.array(bvecs, dtype=np.float64)  # a copy: the b0 rows may be rewritten
-    bad = ~np.isfinite(bvecs).all(axis=1)
-    weighted = bvals > b0_threshold
-    if (bad & weighted).any():
-        first = int(np.flatnonzero(bad & weighted)[0])
-        raise InvalidInput(
-            f"{BVECS_KEY} contains NaN or infinite values for {int((bad & weighted).sum())} "
-            f"diffusion-weighted volume(s), the first being volume {first} (b={bvals[first]:g})"
-        )
-    bvecs[bad] = 0.0
-    # dipy's own check, with its tolerance, but naming the offending volume.
-    lengths = np.linalg.norm(bvecs, axis=1)
-    off = weighted & (np.abs(lengths - 1.0) > _UNIT_ATOL)
-    if off.any():
-        first = int(np.flatnonzero(off)[0])
-        raise InvalidInput(
-            f"{BVECS_KEY}: the direction of volume {first} (b={bvals[first]:g}) has length "
-            f"{lengths[first]:.3g}, not 1 ({int(off.sum())} such volume(s))"
-        )
-    return bvals, bvecs
-
-
-def gradient_table_for(
-    bvals: NDArray[np.float64], bvecs: NDArray[np.float64], b0_threshold: float
-) -> Any:
-    """A dipy GradientTable, with dipy's own objections turned into InvalidInput."""
-    from dipy.core.gradients import gradient_table
-
-    try:
-        gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
-    except ValueError as exc:
-        raise InvalidInput(
-            f"dipy rejected the gradient table ({BVALS_KEY}, {BVECS_KEY}): {_one_line(exc)}"
-        ) from None
-    if not gtab.b0s_mask.any():
-        raise InvalidInput(
-            f"{BVALS_KEY} has no b0 volume (none <= b0_threshold {b0_threshold:g}); "
-            "a b0 is needed to normalise the signal"
-        )
-    return gtab
 
 
 def check_subject(
@@ -436,10 +349,3 @@ def resample_labels_nearest(
         plane[inside] = labels[idx[0, inside], idx[1, inside], idx[2, inside]]
         out[i] = plane.reshape(ny, nz)
     return out
-
-
-def _one_line(exc: BaseException, path: Path | None = None, key: str = "") -> str:
-    text = " ".join(str(exc).split())
-    if path is not None:
-        text = text.replace(str(path), key)  # our scratch path means nothing to the user
-    return text[:200] if text else type(exc).__name__
