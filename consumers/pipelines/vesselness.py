@@ -2,8 +2,9 @@
 halo a chunk needs, and the per-chunk function dask calls.
 
 The ITK calls live in ``itk_objectness`` (imported once per worker at cluster start, never by
-the consumer); both the chunked pipeline and the whole-volume reference go through
-``objectness`` here, so they can only differ by the halo.
+the consumer): ``objectness`` is the pipeline's (a chunk's voxels are bit for bit those of one
+call on the whole volume), ``objectness_whole`` is ITK's Hessian filter in one call, the
+reference the tests and the benchmark hold the chunked result to.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def objectness(
     return itk_objectness.objectness(volume, spec, crop)
 
 
+def objectness_whole(volume: NDArray[Any], spec: ObjectnessSpec) -> NDArray[np.float32]:
+    """ITK's ``HessianRecursiveGaussianImageFilter`` and the same measure on all of ``volume``
+    in one call per sigma: what the chunked result must equal."""
+    from consumers.pipelines import itk_objectness
+
+    return itk_objectness.objectness_whole(volume, spec)
+
+
 def objectness_block(
     block: NDArray[Any],
     spec: ObjectnessSpec,
@@ -66,8 +75,9 @@ def objectness_block(
     block_info: dict[Any, Any] | None = None,
 ) -> NDArray[np.float32]:
     """One chunk of the objectness from the chunk plus its halo (dask ``overlap`` then
-    ``map_blocks``): the halo's own objectness is never computed, only its Hessian. A halo lies
-    on every side with a neighbour, and on the volume's faces too when ``pad_faces`` (mirrored).
+    ``map_blocks``): the halo's own objectness is never computed, only the Gaussian passes
+    along its axis. A halo lies on every side with a neighbour, and on the volume's faces too
+    when ``pad_faces`` (mirrored).
 
     Non-finite input fails the job: any value put in its place would bend the Hessian for
     sigmas around it, silently."""
@@ -75,11 +85,17 @@ def objectness_block(
         bad = int(block.size - np.count_nonzero(np.isfinite(block)))
         raise InvalidInput(f"the volume holds NaN or infinite values ({bad} in one chunk)")
     assert block_info is not None
+    result = objectness(block, spec, halo_crop(block_info, halo, pad_faces))
+    if result.shape != tuple(block_info[None]["chunk-shape"]):
+        where = block_info[None]["chunk-location"]
+        raise AssertionError(f"chunk {where}: {result.shape} != {block_info[None]['chunk-shape']}")
+    return result
+
+
+def halo_crop(block_info: dict[Any, Any], halo: int, pad_faces: bool) -> Crop:
+    """The halo around one overlapped block (dask's ``block_info``), per axis: on every side
+    with a neighbour, and on the faces too when they were padded."""
     where, grid = block_info[None]["chunk-location"], block_info[None]["num-chunks"]
     lo = [halo if pad_faces or i > 0 else 0 for i in where]
     hi = [halo if pad_faces or i < n - 1 else 0 for i, n in zip(where, grid, strict=True)]
-    crop: Crop = ((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))
-    result = objectness(block, spec, crop)
-    if result.shape != tuple(block_info[None]["chunk-shape"]):
-        raise AssertionError(f"chunk {where}: {result.shape} != {block_info[None]['chunk-shape']}")
-    return result
+    return ((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))

@@ -22,7 +22,7 @@ from scipy import ndimage
 from consumers.pipelines import PIPELINES, fiberstats, microstructure, ngff
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.chunking import STORAGE_CHUNK, plan_chunks
-from consumers.pipelines.vesselness import ObjectnessSpec, objectness
+from consumers.pipelines.vesselness import ObjectnessSpec, objectness, objectness_whole
 from producer.synth.fibers import Fiber, PhantomSpec, render_slab, write_phantom
 from shared.errors import InvalidInput
 from shared.jobspec import JobSpec
@@ -92,8 +92,9 @@ def chunked(dask_client: Any, phantom_dir: Path, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="module")
 def whole(chunked: Run) -> np.ndarray:
-    """ITK on the whole volume in one call, same parameters (gamma from the same sample)."""
-    return objectness(chunked.volume, chunked.loaded.spec)
+    """ITK on the whole volume in one call (its Hessian filter), same parameters (gamma from
+    the same sample)."""
+    return objectness_whole(chunked.volume, chunked.loaded.spec)
 
 
 def test_chunked_objectness_equals_whole_volume_itk(chunked: Run, whole: np.ndarray) -> None:
@@ -382,6 +383,41 @@ def test_a_cropped_objectness_is_the_same_voxels_of_the_whole_call() -> None:
     np.testing.assert_array_equal(part, full[18:, 3:-18, :-7])
     with pytest.raises(ValueError, match="leaves nothing"):
         objectness(volume, spec, ((20, 20), (0, 0), (0, 0)))
+
+
+def test_the_shared_pass_hessian_is_itk_hessian_filter() -> None:
+    # 15 one-axis passes, cut as they go, against ITK's own 18-pass Hessian on the whole input.
+    from itk.itkPyBufferPython import itkPyBufferISSRTD33
+
+    from consumers.pipelines import itk_objectness
+
+    rng = np.random.default_rng(8)
+    volume = ndimage.gaussian_filter(rng.normal(size=(30, 34, 38)), 1.0).astype(np.float32)
+    volume[:, :, 20:] += 3 * volume[:, :, :18]  # not symmetric along any axis
+    image = itk_objectness._Buffer._GetImageViewFromArray(volume, volume.shape[::-1], 1)
+    theirs = itk_objectness._Hessian.New()
+    theirs.SetInput(image)
+    theirs.SetSigma(1.5)
+    theirs.SetNormalizeAcrossScale(True)
+    theirs.Update()
+    view = np.asarray(itkPyBufferISSRTD33._GetArrayViewFromImage(theirs.GetOutput()))
+    reference = view.view(np.float64).reshape(*volume.shape, 6)
+    crop = ((4, 2), (0, 5), (3, 0))
+    ours = itk_objectness.hessian(volume, 1.5, crop)
+    kept = reference[4:-2, :-5, 3:]
+    assert ours.shape == kept.shape
+    scale = np.abs(kept).max(axis=(0, 1, 2))
+    assert (scale > 0.01).all()  # every component, off-diagonal ones too, is exercised
+    assert (np.abs(ours - kept).max(axis=(0, 1, 2)) <= 1e-5 * scale).all()
+
+
+def test_objectness_equals_itk_whole_volume_call() -> None:
+    rng = np.random.default_rng(9)
+    volume = ndimage.gaussian_filter(rng.normal(size=(36, 40, 44)), 1.5).astype(np.float32)
+    spec = ObjectnessSpec(sigmas=(1.0, 2.0), alpha=0.05, beta=1.0, gamma=0.01)
+    ours, theirs = objectness(volume, spec), objectness_whole(volume, spec)
+    assert theirs.max() > 0.1 and np.count_nonzero(theirs > 0.01) > 1000
+    assert np.abs(ours - theirs).max() <= 1e-4 * theirs.max()
 
 
 def test_workers_import_only_what_their_tasks_use() -> None:
