@@ -25,6 +25,7 @@ alternating order, so drift of the shared host weighs on all of them alike.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,8 @@ def reference(kind: str, volume_path: str, params_json: str, out_dir: str) -> No
         classes = _itk_classes()
     else:
         from skimage.filters import sato
+    for name in ("response", "labels"):  # an earlier round's
+        shutil.rmtree(f"{out_dir}/{kind}_{name}.zarr", ignore_errors=True)
     t0 = time.perf_counter()
     volume = zarr.open_array(volume_path, mode="r")[:]
     t1, cpu1 = time.perf_counter(), cpu()

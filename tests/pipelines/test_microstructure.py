@@ -403,12 +403,36 @@ def test_the_shared_pass_hessian_is_itk_hessian_filter() -> None:
     view = np.asarray(itkPyBufferISSRTD33._GetArrayViewFromImage(theirs.GetOutput()))
     reference = view.view(np.float64).reshape(*volume.shape, 6)
     crop = ((4, 2), (0, 5), (3, 0))
-    ours = itk_objectness.hessian(volume, 1.5, crop)
+    ours = np.stack(itk_objectness.hessian(volume, 1.5, crop), axis=-1)
     kept = reference[4:-2, :-5, 3:]
     assert ours.shape == kept.shape
     scale = np.abs(kept).max(axis=(0, 1, 2))
     assert (scale > 0.01).all()  # every component, off-diagonal ones too, is exercised
     assert (np.abs(ours - kept).max(axis=(0, 1, 2)) <= 1e-5 * scale).all()
+
+
+@pytest.mark.parametrize("bright", [True, False])
+def test_the_measure_skips_only_voxels_itk_sets_to_zero(bright: bool) -> None:
+    # The trace screen against ITK's measure on every voxel: the same bits, and it skips many.
+    from itk.itkPyBufferPython import itkPyBufferISSRTD33
+
+    from consumers.pipelines import itk_objectness
+
+    rng = np.random.default_rng(10)
+    volume = ndimage.gaussian_filter(rng.normal(size=(32, 36, 40)), 1.0).astype(np.float32)
+    spec = ObjectnessSpec(sigmas=(1.5,), alpha=0.5, beta=0.5, gamma=0.05, bright=bright)
+    parts = itk_objectness.hessian(volume, 1.5, ((0, 0), (0, 0), (0, 0)))
+    tensor = np.stack(parts, axis=-1).astype(np.float64)
+    image = itkPyBufferISSRTD33._GetImageViewFromArray(tensor, volume.shape[::-1], 6)
+    measure = itk_objectness._measure(spec)
+    measure.SetInput(image)
+    every_voxel = itk_objectness._result(measure, volume.shape)
+    screened = itk_objectness._compact_measure(parts, spec)
+    np.testing.assert_array_equal(screened, every_voxel)
+    assert np.count_nonzero(every_voxel > 0.1) > 100
+    kept = itk_objectness.candidates(parts, bright)
+    assert 0.2 < kept.mean() < 0.8
+    assert not every_voxel[~kept].any()
 
 
 def test_objectness_equals_itk_whole_volume_call() -> None:
