@@ -24,8 +24,10 @@ Boundary = Literal["none", "reflect"]
 
 STORAGE_CHUNK = 64  # output chunk side: 1 MiB of float32, a comfortable object size for S3
 MAX_HALO_OVERHEAD = 0.10  # extra voxels computed because of halos, as a fraction of the volume
-# One task's peak: ITK's Hessian is 6 doubles per voxel (48 B), plus the float32 input, the
-# overlapped copy dask assembles, the output and ITK's scratch; measured ~56 B/voxel for ITK.
+# One task's peak: the Hessian's six float32 components (24 B per voxel), the partial passes,
+# the trace screen and the gathered double tensor of the voxels it keeps, plus the float32
+# input, the overlapped copy dask assembles and the output; measured ~48 B/voxel of the task
+# (ITK's own Hessian filter, 6 doubles per voxel: ~56).
 TASK_BYTES_PER_VOXEL = 72
 TASK_MEMORY_FRACTION = 0.5  # of a worker's memory limit; dask starts spilling at 60%
 DEFAULT_WORKER_MEMORY = 4 * 1024**3  # when the cluster reports no limit

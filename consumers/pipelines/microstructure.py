@@ -152,7 +152,8 @@ def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: A
     cpu0 = _workers_cpu(client)
     with ctx.timer.stage("vesselness"), get_task_stream(client) as stream:
         # overlap + map_blocks rather than map_overlap: each task returns its chunk without
-        # the halo, so ITK computes the halo's Hessian (needed) but not its objectness.
+        # the halo, so the halo only feeds the Gaussian passes along its own axis (needed);
+        # the other passes and the objectness never see it.
         padded = da.overlap.overlap(
             source, depth=plan.halo, boundary="reflect" if plan.boundary == "reflect" else "none"
         )

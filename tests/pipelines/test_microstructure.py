@@ -386,7 +386,7 @@ def test_a_cropped_objectness_is_the_same_voxels_of_the_whole_call() -> None:
 
 
 def test_the_shared_pass_hessian_is_itk_hessian_filter() -> None:
-    # 15 one-axis passes, cut as they go, against ITK's own 18-pass Hessian on the whole input.
+    # 17 one-axis passes, cut as they go, against ITK's own 18-pass Hessian on the whole input.
     from itk.itkPyBufferPython import itkPyBufferISSRTD33
 
     from consumers.pipelines import itk_objectness
@@ -405,10 +405,8 @@ def test_the_shared_pass_hessian_is_itk_hessian_filter() -> None:
     crop = ((4, 2), (0, 5), (3, 0))
     ours = np.stack(itk_objectness.hessian(volume, 1.5, crop), axis=-1)
     kept = reference[4:-2, :-5, 3:]
-    assert ours.shape == kept.shape
-    scale = np.abs(kept).max(axis=(0, 1, 2))
-    assert (scale > 0.01).all()  # every component, off-diagonal ones too, is exercised
-    assert (np.abs(ours - kept).max(axis=(0, 1, 2)) <= 1e-5 * scale).all()
+    assert (np.abs(kept).max(axis=(0, 1, 2)) > 0.01).all()  # every component is exercised
+    np.testing.assert_array_equal(ours, kept)  # ITK's passes in ITK's order: the same bits
 
 
 @pytest.mark.parametrize("bright", [True, False])
@@ -441,7 +439,7 @@ def test_objectness_equals_itk_whole_volume_call() -> None:
     spec = ObjectnessSpec(sigmas=(1.0, 2.0), alpha=0.05, beta=1.0, gamma=0.01)
     ours, theirs = objectness(volume, spec), objectness_whole(volume, spec)
     assert theirs.max() > 0.1 and np.count_nonzero(theirs > 0.01) > 1000
-    assert np.abs(ours - theirs).max() <= 1e-4 * theirs.max()
+    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_workers_import_only_what_their_tasks_use() -> None:
