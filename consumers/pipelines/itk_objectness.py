@@ -14,9 +14,9 @@ Two ways to the same numbers:
   those ``HessianRecursiveGaussianImageFilter`` runs, in its order (``_TREE``), so the Hessian
   is bit for bit ITK's; but a chunk's halo is cut off along an axis as soon as that axis has
   been filtered, so the later passes and the eigen-analysis see only the voxels kept. Then
-  the measure runs only where it can be non-zero (``candidates``: the trace's sign rules out
-  the rest, ~60% of a fiber volume), on those voxels gathered into one row; the others are 0,
-  as ITK would make them.
+  the measure runs only where it can be non-zero (``candidates``: the signs of the diagonal's
+  pair sums rule out the rest, ~69% of a fiber volume), on those voxels gathered into one
+  row; the others are 0, as ITK would make them.
 - ``objectness_whole`` (the reference the tests and the benchmark hold it to): ITK's
   ``HessianRecursiveGaussianImageFilter`` plus the same measure, on the whole volume in one call.
 
@@ -139,23 +139,27 @@ def candidates(parts: list[NDArray[np.float32]], bright: bool) -> NDArray[np.boo
     """Voxels whose objectness can be non-zero; everywhere else ITK's measure is exactly 0.
 
     With ObjectDimension 1, ITK sets the measure to 0 unless the two eigenvalues of largest
-    magnitude, l2 and l3, have the object's sign (<= 0 for bright tubes). Then so does the
-    trace: l1 + l2 + l3 <= |l1| - |l2| - |l3| <= 0, as |l1| <= |l2|. Where the trace has the
-    other sign by more than rounding could move an eigenvalue (1e-5 of the entries' size,
-    against double-precision eigenvalues), the eigen-analysis is not needed. On the fiber
-    phantom that is ~60% of the voxels, and the eigen-analysis is half of the filter's CPU."""
+    magnitude have the object's sign (<= 0 for bright tubes). Then the two algebraically
+    largest eigenvalues sum to <= 0: if the largest is positive it is the smallest in
+    magnitude, so it cannot outweigh the next. By Ky Fan's inequality every sum of two diagonal
+    entries (u'Hu + v'Hv for orthonormal u, v) is at most that sum. So where any of xx + yy,
+    xx + zz, yy + zz is positive by more than rounding could move an eigenvalue (1e-5 of the
+    entries' size, against double-precision eigenvalues), no eigen-analysis is needed. Dark
+    tubes are the mirror image. On the fiber phantom this rules out ~69% of the voxels (the
+    trace alone, ~62%), and the eigen-analysis is about half of ITK's filter."""
     xx, xy, xz, yy, yz, zz = parts
-    trace = xx + yy
-    trace += zz
+    if not bright:  # the mirror image: the same test on -H
+        xx, yy, zz = -xx, -yy, -zz
+    pairs = xx + yy
+    np.maximum(pairs, xx + zz, out=pairs)
+    np.maximum(pairs, yy + zz, out=pairs)
     size = np.abs(xx)
-    for diagonal in (yy, zz):
-        size += np.abs(diagonal)
-    for off in (xy, xz, yz):
-        size += 2 * np.abs(off)
+    for entry in (yy, zz):
+        size += np.abs(entry)
+    for entry in (xy, xz, yz):
+        size += 2 * np.abs(entry)
     size *= 1e-5
-    if bright:
-        return np.asarray(trace <= size)
-    return np.asarray(trace >= -size)
+    return np.asarray(pairs <= size)
 
 
 def _compact_measure(parts: list[NDArray[np.float32]], spec: ObjectnessSpec) -> NDArray[np.float32]:
