@@ -339,6 +339,7 @@ def main(options: list[str]) -> dict[str, Any]:
         # Rounds in alternating order (forward, then backward): a host that drifts during
         # the run weighs on every contender alike; costs are summed over the rounds.
         costs: dict[str, Measurement | None] = dict.fromkeys(contenders)
+        each: dict[str, list[float]] = {name: [] for name in contenders}  # CPU s, per round
         last: dict[str, Any] = {}
         try:
             for r in range(rounds):
@@ -346,6 +347,7 @@ def main(options: list[str]) -> dict[str, Any]:
                 for name in names:
                     last[name], cost = contenders[name](r)
                     costs[name] = _add(costs[name], cost)
+                    each[name].append(round(cost.cpu_s, 3))
         finally:
             consumer.close()
         warm, itk, sato, fresh, ref, ref_ours = (
@@ -421,19 +423,23 @@ def main(options: list[str]) -> dict[str, Any]:
         "halo_overhead": summary["chunking"]["halo_overhead"],
         "reference_halo_overhead": ref.summary["chunking"]["halo_overhead"],
         "ours": {**job(ours, ours_cost), "dice": ours_dice, "vf": summary["volume_fraction"]},
-        "ours_warm": job(warm, warm_cost),
-        "ours_fresh": job(fresh, fresh_cost),
-        "itk_whole": {**per_mvox(itk_cost), **itk, "dice": itk_dice},
-        "sato": {**per_mvox(sato_cost), **sato, "dice": sato_dice},
-        "reference_chunking": job(ref, ref_cost),
-        "reference_chunks_our_filter": job(ref_ours, ref_ours_cost),
+        "ours_warm": {**job(warm, warm_cost), "rounds_cpu_s": each["warm"]},
+        "ours_fresh": {**job(fresh, fresh_cost), "rounds_cpu_s": each["fresh"]},
+        "itk_whole": {**per_mvox(itk_cost), **itk, "dice": itk_dice, "rounds_cpu_s": each["itk"]},
+        "sato": {**per_mvox(sato_cost), **sato, "dice": sato_dice, "rounds_cpu_s": each["sato"]},
+        "reference_chunking": {**job(ref, ref_cost), "rounds_cpu_s": each["sc20"]},
+        "reference_chunks_our_filter": {
+            **job(ref_ours, ref_ours_cost),
+            "rounds_cpu_s": each["sc20_chunks"],
+        },
         "truth_volume_fraction": round(phantom.volume_fraction, 6),
         "note": "ours (cold) is a consumer's first job: it starts the forkserver (imports) and "
         "a 2-worker LocalCluster; ours_fresh and both reference-chunking jobs each start a "
         "fresh cluster from that forkserver; ours_warm is a later job on the first job's cluster; "
         "(a) and "
         "(b) include starting a Python process and their imports. Every contender but the cold "
-        "job runs in alternating rounds; their figures are means over the rounds "
+        "job runs in alternating rounds; their figures are means over the rounds (each round's "
+        "CPU s in rounds_cpu_s) "
         "(stage and filter details are the last round's)",
     }
     write_results("microstructure", figures)
