@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SKIP = {"harness"}
+SKIP = {"harness", "single_process"}
 
 
 def available() -> list[str]:
