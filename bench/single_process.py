@@ -116,7 +116,7 @@ def reference(kind: str, volume_path: str, params_json: str, out_dir: str) -> No
 
 
 def run_single_process(
-    kind: str, volume: Path, params: dict[str, Any], out: Path
+    kind: str, volume: Path, params: dict[str, Any], out: Path | str
 ) -> dict[str, Any]:
     # bench/ is a plain folder: run this file's function without importing voxfleet packages.
     code = "import sys, runpy; ns = runpy.run_path(sys.argv[1]); ns['reference'](*sys.argv[2:])"
@@ -124,7 +124,10 @@ def run_single_process(
         [sys.executable, "-c", code, __file__, kind, str(volume), json.dumps(params), str(out)],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
+    if done.returncode != 0:  # say why: the output is captured, so nothing else would
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"the {kind} contender failed (exit {done.returncode}):\n{tail}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
