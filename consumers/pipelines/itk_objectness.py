@@ -3,14 +3,15 @@ cluster starts: it is in the pipeline's ``worker_modules``; the consumer never d
 
 Only the wrapper modules needed are imported. ``import itk`` followed by the snake-case
 functions pulls in every module they depend on through ITK's lazy loader: measured here ~25 CPU
-seconds per process, against ~5 for the direct imports, paid by every worker of every ephemeral
+seconds per process, against ~4 for the direct imports, paid by every worker of every ephemeral
 cluster. ITK holds the GIL and would start one thread per core in every worker process, so the
 global default is set to one thread here, and each filter is told so again.
 
 Two ways to the same numbers:
 
-- ``objectness`` (the pipeline's): the Hessian from ITK's ``RecursiveGaussianImageFilter``, one
-  1-D pass at a time, then ITK's ``HessianToObjectnessMeasureImageFilter``. The passes are
+- ``objectness`` (the pipeline's): the Hessian from 1-D recursive Gaussian passes
+  (``recursive_gaussian``: ITK's ``RecursiveGaussianImageFilter``, bit for bit, compiled to run
+  many lines at once), then ITK's ``HessianToObjectnessMeasureImageFilter``. The passes are
   those ``HessianRecursiveGaussianImageFilter`` runs, in its order (``_TREE``), so the Hessian
   is bit for bit ITK's; but a chunk's halo is cut off along an axis as soon as that axis has
   been filtered, so the later passes and the eigen-analysis see only the voxels kept. Then
@@ -23,8 +24,10 @@ Two ways to the same numbers:
 On one chunk the two are bit for bit equal. Chunked, the halo (9 sigma) truncates the IIR
 filters' tails: differences of a few 1e-6 near the seams. Measured side by side on a
 210x384x384 chunk of the bench phantom with an 18-voxel halo, one thread: ITK's Hessian filter
-with the measure asked for the kept region, 27.4 CPU s; here 16.0 (the passes 11.2, the
-measure on the 31% of voxels the screen keeps 4.8), bit for bit the same output.
+with the measure asked for the kept region, 27.4 CPU s; ITK's own 1-D filter in ``_TREE``'s
+order with the halo cut as it goes, the measure on the screened voxels, 16.0-17.9 (the passes
+11.2-13.0); the same with the compiled passes, 8.7-9.8 (the passes 3.8-3.9). All bit for bit
+the same output.
 
 A shared tree of 15 passes (z, then y, then x, each partial result reused) was ~20% cheaper
 than ``_TREE``'s 17, but rounds differently from ITK's filter: on the 384^3 bench phantom that
@@ -39,6 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from consumers.pipelines.recursive_gaussian import gaussian_pass
 from consumers.pipelines.vesselness import Crop, ObjectnessSpec
 
 try:  # the wrapper modules that hold the classes used (ITK 5.x names)
@@ -51,9 +55,6 @@ try:  # the wrapper modules that hold the classes used (ITK 5.x names)
     )
     from itk.itkPyBufferPython import itkPyBufferIF3 as _Buffer
     from itk.itkPyBufferPython import itkPyBufferISSRTD33 as _TensorBuffer
-    from itk.itkRecursiveGaussianImageFilterPython import (
-        itkRecursiveGaussianImageFilterIF3IF3 as _Gaussian,
-    )
 except ImportError:  # pragma: no cover - a future ITK that moved them: the slow, public path
     import itk
 
@@ -64,7 +65,6 @@ except ImportError:  # pragma: no cover - a future ITK that moved them: the slow
     _Objectness = itk.HessianToObjectnessMeasureImageFilter[_TensorImage, _Image]
     _Buffer = itk.PyBuffer[_Image]
     _TensorBuffer = itk.PyBuffer[_TensorImage]
-    _Gaussian = itk.RecursiveGaussianImageFilter[_Image, _Image]
 
 _Threads.SetGlobalDefaultNumberOfThreads(1)
 
@@ -84,40 +84,6 @@ _TREE: dict[tuple[int, int], dict[tuple[int, int], tuple[tuple[int, int, int], .
 }
 
 
-def _kept(shape: tuple[int, ...], crop: Crop, axis: int) -> tuple[slice, ...]:
-    lo, hi = crop[axis]
-    index = [slice(None)] * 3
-    index[axis] = slice(lo, shape[axis] - hi)
-    return tuple(index)
-
-
-def _pass(data: NDArray[np.float32], axis: int, order: int, sigma: float) -> Any:
-    """One 1-D recursive Gaussian (derivative of ``order``) along the array's ``axis``; returns
-    (view of the result, the filter that owns it)."""
-    image = _Buffer._GetImageViewFromArray(data, data.shape[::-1], 1)
-    gaussian = _Gaussian.New()
-    gaussian.SetInput(image)
-    gaussian.SetSigma(float(sigma))
-    gaussian.SetDirection(2 - axis)  # ITK orders axes x, y, z
-    gaussian.SetOrder(order)
-    # Scale-normalised derivatives (x sigma per derivative order), as the Hessian filter's:
-    # responses at different sigmas are comparable, and gamma does not depend on sigma.
-    gaussian.SetNormalizeAcrossScale(True)
-    gaussian.SetNumberOfWorkUnits(1)
-    gaussian.Update()
-    view = np.asarray(_Buffer._GetArrayViewFromImage(gaussian.GetOutput()))
-    return view.view(np.float32).reshape(data.shape), gaussian
-
-
-def _cropped_pass(
-    data: NDArray[np.float32], crop: Crop, axis: int, order: int, sigma: float
-) -> NDArray[np.float32]:
-    view, owner = _pass(data, axis, order, sigma)
-    kept = np.array(view[_kept(view.shape, crop, axis)], order="C")  # a copy: the view dies
-    del view, owner
-    return kept
-
-
 def hessian(volume: NDArray[np.float32], sigma: float, crop: Crop) -> list[NDArray[np.float32]]:
     """Scale-normalised Hessian of ``volume`` at ``sigma``, cropped: its six components in ITK's
     tensor order (xx, xy, xz, yy, yz, zz over ITK's x, y, z), each a (z, y, x) float32 array,
@@ -125,11 +91,11 @@ def hessian(volume: NDArray[np.float32], sigma: float, crop: Crop) -> list[NDArr
     first down ``_TREE``, so at most one partial result per level is alive besides the parts."""
     parts: list[NDArray[np.float32] | None] = [None] * 6
     for (axis1, order1), below in _TREE.items():
-        first = _cropped_pass(volume, crop, axis1, order1, sigma)
+        first = gaussian_pass(volume, axis1, order1, sigma, crop[axis1])
         for (axis2, order2), leaves in below.items():
-            second = _cropped_pass(first, crop, axis2, order2, sigma)
+            second = gaussian_pass(first, axis2, order2, sigma, crop[axis2])
             for axis3, order3, component in leaves:
-                parts[component] = _cropped_pass(second, crop, axis3, order3, sigma)
+                parts[component] = gaussian_pass(second, axis3, order3, sigma, crop[axis3])
             del second
         del first
     return [p for p in parts if p is not None]
