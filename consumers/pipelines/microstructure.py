@@ -50,6 +50,9 @@ class Loaded:
 
 
 def _fits(shape: tuple[int, int, int], params: MicrostructureParams) -> None:
+    # ITK's recursive Gaussian (and ours, which is its transcription) needs 4 samples a line.
+    if min(shape) < 4:
+        raise InvalidInput(f"a volume of {shape} is too small: every side needs 4 voxels or more")
     if 4 * max(params.sigmas) > min(shape):
         raise InvalidInput(
             f"sigma {max(params.sigmas):g} is too large for a volume of {shape}: "

@@ -285,6 +285,12 @@ CASES: dict[str, tuple[Maker, dict[str, Any], dict[str, Any], str]] = {
         {},
         "too large",
     ),
+    "side under 4 voxels": (
+        lambda p: _array(p, np.zeros((3, 64, 64), np.uint16)),
+        {"sigmas": [0.5]},
+        {},
+        "every side needs 4 voxels",
+    ),
     "voxel size attribute": (
         lambda p: _array(p, np.zeros((16,) * 3, np.uint8), voxel_size=[1, -1, 1]),
         {},
