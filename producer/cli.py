@@ -38,14 +38,22 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where inputs, results and logs go.")] = Path(
         "voxfleet-demo"
     ),
-    subjects: Annotated[int, typer.Option(min=1, max=8, help="Synthetic subjects to run.")] = 2,
+    subjects: Annotated[
+        int, typer.Option(min=1, max=8, help="Synthetic HCP-layout subjects (dti jobs).")
+    ] = 2,
+    volumes: Annotated[
+        int, typer.Option(min=0, max=8, help="Micro-CT phantoms, 128^3 (microstructure jobs).")
+    ] = 1,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Dask workers per job.")] = 2,
 ) -> None:
     """Run everything on this machine: a private Redis-protocol server, one consumer, a local
-    Dask cluster; two synthetic subjects through the `dti` pipeline; results in ./voxfleet-demo."""
+    Dask cluster; two synthetic subjects through the `dti` pipeline and a fiber phantom through
+    `microstructure`; results in ./voxfleet-demo."""
     from producer.demo import run_demo
 
-    raise typer.Exit(run_demo(out, subjects=subjects, workers=workers, console=console))
+    raise typer.Exit(
+        run_demo(out, subjects=subjects, volumes=volumes, workers=workers, console=console)
+    )
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """``voxfleet demo``: the whole system on one machine, with nothing configured.
 
 A private Redis-protocol server, one consumer subprocess, local Dask clusters, synthetic
-subjects; results land in a local folder. Everything is shut down on exit, Ctrl-C included.
+HCP-layout subjects (``dti`` jobs) and fiber-composite micro-CT phantoms (``microstructure``
+jobs); results land in a local folder. Everything is shut down on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -25,26 +26,28 @@ from shared.settings import Settings
 from shared.store import open_store
 
 DEMO_TIMEOUT_S = 600.0
+VOLUME_SIDE = 128  # a 2 Mvoxel phantom: one compute chunk, seconds of ITK
 
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def run_demo(out: Path, *, subjects: int, workers: int, console: Console) -> int:
+def run_demo(out: Path, *, subjects: int, volumes: int = 1, workers: int, console: Console) -> int:
     """Returns the exit code: 0 when every job is done, 1 if any failed, 130 if interrupted."""
     # Ctrl-C or a SIGTERM anywhere below unwinds through the finally blocks, which stop the
     # consumer and the server; set explicitly because a background shell ignores SIGINT.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _run(out, subjects=subjects, workers=workers, console=console)
+        return _run(out, subjects=subjects, volumes=volumes, workers=workers, console=console)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: consumer and server stopped")
         return 130
 
 
-def _run(out: Path, *, subjects: int, workers: int, console: Console) -> int:
+def _run(out: Path, *, subjects: int, volumes: int, workers: int, console: Console) -> int:
+    from producer.synth.fibers import PhantomSpec, write_phantom
     from producer.synth.hcp import write_subjects
 
     out = out.resolve()
@@ -68,12 +71,29 @@ def _run(out: Path, *, subjects: int, workers: int, console: Console) -> int:
                 JobSpec(pipeline="dti", input_uri=str(inputs / sid), results_uri=str(results))
                 for sid in ids
             ]
+            with console.status("generating micro-CT fiber phantoms ..."):
+                for n in range(volumes):
+                    uri = str(inputs / "ct" / f"sample{n + 1}.zarr")
+                    shape = (VOLUME_SIDE,) * 3
+                    write_phantom(uri, PhantomSpec(shape=shape, seed=n), settings)
+                    specs.append(
+                        JobSpec(pipeline="microstructure", input_uri=uri, results_uri=str(results))
+                    )
+            if volumes:
+                console.print(
+                    f"  inputs: {volumes} micro-CT phantom(s) ({VOLUME_SIDE}^3, ground truth "
+                    f"beside each) in {inputs / 'ct'}"
+                )
             submit(specs, settings)
-            console.print(f"  queued {len(specs)} dti jobs; consumer log: {out / 'consumer.log'}")
+            kinds = ", ".join(
+                f"{sum(s.pipeline == p for s in specs)} {p}"
+                for p in dict.fromkeys(s.pipeline for s in specs)
+            )
+            console.print(f"  queued {kinds} jobs; consumer log: {out / 'consumer.log'}")
             records = _watch(specs, settings, consumer, console)
         finally:
             stop_consumer(consumer, grace_s=20)
-    _summary(specs, records, console)
+    _summary(specs, records, str(results), console)
     failed = [r for r in records.values() if r.get("state") != "done"]
     console.print(
         f"{'[red]' if failed else '[green]'}{len(records) - len(failed)}/{len(records)} jobs done"
@@ -101,17 +121,36 @@ def _watch(
         )
 
 
-def _summary(specs: list[JobSpec], records: dict[str, dict[str, Any]], console: Console) -> None:
-    table = Table("subject", "state", "wall s", "FA median", "result", title="demo results")
+def _summary(
+    specs: list[JobSpec], records: dict[str, dict[str, Any]], results: str, console: Console
+) -> None:
+    table = Table(
+        "input",
+        "pipeline",
+        "state",
+        "wall s",
+        "summary",
+        "result (below results/)",
+        title="demo results",
+    )
     for spec in specs:
         record = records.get(spec.job_id, {})
-        timing, summary = record.get("timing") or {}, record.get("summary") or {}
-        fa = summary.get("fa_median")
+        timing = record.get("timing") or {}
         table.add_row(
             spec.subject,
+            spec.pipeline,
             record.get("state", "?") + (f" ({record['reason']})" if record.get("reason") else ""),
             f"{timing.get('wall_s', 0):.1f}",
-            f"{fa:.3f}" if isinstance(fa, float) else "-",
-            str(record.get("result", "-")),
+            _headline(record.get("summary") or {}),
+            str(record.get("result", "-")).removeprefix(results + "/"),
         )
     console.print(table)
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    """One cell: the figure a user checks first in each pipeline's summary."""
+    if isinstance(summary.get("fa_median"), float):
+        return f"FA median {summary['fa_median']:.3f}"
+    if "fibers" in summary:
+        return f"{summary['fibers']} fibers, VF {summary['volume_fraction']:.3f}"
+    return "-"
