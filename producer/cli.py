@@ -190,7 +190,7 @@ def synth_fibers(
     seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
 ) -> None:
     """Write a micro-CT phantom of a fiber composite (uint16 Zarr v3) and, beside it, its
-    ground-truth mask (``NAME_truth.zarr``)."""
+    ground-truth mask (``_truth/NAME``, where listing the folder for a campaign skips it)."""
     from rich.progress import Progress
 
     from producer.synth.fibers import PhantomSpec, write_phantom

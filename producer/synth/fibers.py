@@ -8,9 +8,10 @@ surface) until their cross-sections cover ``volume_fraction`` of the mid plane, 
 polymer looks like: partial-volume edges, a Gaussian point-spread function, mild cupping (the
 centre of the field of view a few percent darker) and Gaussian noise, stored as uint16.
 
-Beside the volume (``{name}.zarr`` -> ``{name}_truth.zarr``) goes the ground truth: uint8, 1
-where a voxel's centre lies inside a fiber. A campaign that lists a prefix sees both arrays (both
-hold a ``zarr.json``); keep phantoms and their truth apart if that matters.
+The ground truth goes beside the volume, in a ``_truth`` folder (``ct/s1.zarr`` ->
+``ct/_truth/s1.zarr``): uint8, 1 where a voxel's centre lies inside a fiber. Not as a sibling
+array, because a campaign that lists ``ct/`` enqueues every child holding a ``zarr.json``, and
+would segment the masks too; ``_truth`` itself holds none.
 
 The volume is rendered in z slabs (bounded memory), and noise is seeded per z plane, so the
 output does not depend on the slab size.
@@ -261,11 +262,13 @@ def describe(phantom: Phantom) -> dict[str, Any]:
     }
 
 
+TRUTH_FOLDER = "_truth"  # no zarr.json at its top: listing the parent skips it
+
+
 def truth_uri(uri: str) -> str:
-    """Where the ground truth of the phantom at ``uri`` lives: beside it."""
+    """Where the ground truth of the phantom at ``uri`` lives: ``_truth/`` beside it."""
     parent, name = split_uri(uri)
-    stem = name.removesuffix(".zarr")
-    return f"{parent}/{stem}_truth.zarr"
+    return f"{parent}/{TRUTH_FOLDER}/{name}"
 
 
 def write_phantom(

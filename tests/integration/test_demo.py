@@ -37,7 +37,8 @@ def test_demo_runs_both_pipelines_and_cleans_up(tmp_path: Path) -> None:
             assert (manifest.parent / entry["key"]).stat().st_size == entry["bytes"]
     fibers = next(m for m in manifests if m.parent.parent.name == "microstructure")
     summary = json.loads(fibers.read_text())["summary"]
-    truth = json.loads((out / "inputs" / "ct" / "sample1_truth.zarr" / "zarr.json").read_text())
+    truth_array = out / "inputs" / "ct" / "_truth" / "sample1.zarr"
+    truth = json.loads((truth_array / "zarr.json").read_text())
     assert truth["node_type"] == "array"
     assert summary["fibers"] > 10 and 0.25 < summary["volume_fraction"] < 0.45
 

@@ -23,7 +23,7 @@ from consumers.pipelines import PIPELINES, fiberstats, microstructure, ngff
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.chunking import STORAGE_CHUNK, plan_chunks
 from consumers.pipelines.vesselness import ObjectnessSpec, objectness, objectness_whole
-from producer.synth.fibers import Fiber, PhantomSpec, render_slab, write_phantom
+from producer.synth.fibers import Fiber, PhantomSpec, render_slab, truth_uri, write_phantom
 from shared.errors import InvalidInput
 from shared.jobspec import JobSpec
 from shared.settings import Settings
@@ -70,7 +70,7 @@ def run_job(client: Any, volume_dir: Path, out: Path, params: dict[str, Any] | N
     loaded = microstructure.load(ctx)
     result = microstructure.run(ctx, loaded, client)
     volume = zarr.open_array(str(volume_dir), mode="r")[:]
-    truth_dir = volume_dir.parent / volume_dir.name.replace(".zarr", "_truth.zarr")
+    truth_dir = Path(truth_uri(str(volume_dir)))
     truth = zarr.open_array(str(truth_dir), mode="r")[:] if truth_dir.exists() else None
     return Run(ctx, loaded, result, volume, truth)
 

@@ -70,7 +70,7 @@ def test_a_given_number_of_fibers_or_a_clear_refusal() -> None:
 def test_written_array_and_its_truth_beside_it(tmp_path: Path) -> None:
     uri = str(tmp_path / "vols" / "s1.zarr")
     written = fibers.write_phantom(uri, PhantomSpec(shape=(40, 40, 40), seed=2), Settings())
-    assert fibers.truth_uri(uri) == str(tmp_path / "vols" / "s1_truth.zarr")
+    assert fibers.truth_uri(uri) == str(tmp_path / "vols" / "_truth" / "s1.zarr")
     volume = zarr.open_array(uri, mode="r")
     truth = zarr.open_array(fibers.truth_uri(uri), mode="r")
     assert volume.shape == truth.shape == (40, 40, 40)
@@ -84,6 +84,16 @@ def test_written_array_and_its_truth_beside_it(tmp_path: Path) -> None:
     np.testing.assert_array_equal(volume[:], expected.volume)
 
 
+def test_a_campaign_listing_the_folder_finds_the_phantoms_not_their_truth(tmp_path: Path) -> None:
+    from producer.inputs import discover
+    from shared.params import MicrostructureParams
+
+    for name in ("s1.zarr", "s2.zarr"):
+        fibers.write_phantom(str(tmp_path / name), PhantomSpec(shape=(32, 32, 32)), Settings())
+    rows = discover(str(tmp_path), MicrostructureParams.input_marker, Settings())
+    assert sorted(row.subject for row in rows) == ["s1.zarr", "s2.zarr"]
+
+
 def test_cli_synth_fibers(tmp_path: Path) -> None:
     from producer.cli import app
 
@@ -92,5 +102,5 @@ def test_cli_synth_fibers(tmp_path: Path) -> None:
         app, ["synth", "fibers", str(target), "--shape", "32", "--fibers", "5", "--seed", "1"]
     )
     assert result.exit_code == 0, result.output
-    assert "5 fibers" in result.output and "cli_truth.zarr" in result.output
+    assert "5 fibers" in result.output and "_truth/cli.zarr" in result.output
     assert zarr.open_array(str(target), mode="r").shape == (32, 32, 32)
