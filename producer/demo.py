@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,7 @@ def _run(out: Path, *, subjects: int, volumes: int, workers: int, console: Conso
                     f"beside each) in {inputs / 'ct'}"
                 )
             submit(specs, settings)
-            kinds = ", ".join(
-                f"{sum(s.pipeline == p for s in specs)} {p}"
-                for p in dict.fromkeys(s.pipeline for s in specs)
-            )
+            kinds = ", ".join(f"{n} {p}" for p, n in Counter(s.pipeline for s in specs).items())
             console.print(f"  queued {kinds} jobs; consumer log: {out / 'consumer.log'}")
             records = _watch(specs, settings, consumer, console)
         finally:
