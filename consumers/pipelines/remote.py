@@ -13,15 +13,19 @@ What the job-level failure is decides whether the consumer retries the whole job
 * workers dying under the task (``KilledWorker``) or lost connections are a ``ClusterError``
   (transient): a fresh cluster on a later attempt may well succeed, and the consumer's retry
   budget bounds the cost if the task itself is what kills them (memory);
-* anything else (a ValueError from dipy, a bug) raised on every try, on whichever workers took
-  it, is deterministic: the same code on the same data will raise again, so a whole-job retry
-  would only repeat it hours later. That is ``TaskFailed``, a permanent error.
+* anything else (a ValueError from dipy, a bug) is deterministic: the same code on the same
+  data will raise again, so neither Dask's immediate reruns nor a whole-job retry hours later
+  would do anything but repeat it. ``map_scattered`` therefore returns such an error from the
+  task as a value (Dask reruns only what raises) and fails the job at once with
+  ``TaskFailed``, a permanent error; only the transient kinds (``RERUN``) are rerun.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ClusterError, TransientError, VoxfleetError
@@ -29,10 +33,46 @@ from shared.errors import ClusterError, TransientError, VoxfleetError
 log = logging.getLogger(__name__)
 
 TASK_RETRIES = 2  # immediate reruns of a task that raised, before the job gives up on it
+# What a rerun on another worker may cure: I/O and connections, a full disk, a worker that was
+# short of memory, our own transient errors (an S3 outage). Everything else is deterministic.
+RERUN: tuple[type[BaseException], ...] = (OSError, TimeoutError, MemoryError, TransientError)
 
 
 class TaskFailed(VoxfleetError):
     """Permanent: a cluster task raised the same way on every try (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A task's deterministic error, returned instead of raised so that Dask does not rerun it;
+    the error itself only where it is ours (it pickles, and its class decides the retry)."""
+
+    kind: str
+    message: str
+    error: VoxfleetError | None = None
+
+
+def guarded(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Runs on a worker: ``func(*args, **kwargs)``, with a deterministic error as a ``Refused``
+    value (its traceback goes to the worker's log) and the ``RERUN`` kinds raised for Dask."""
+    try:
+        return func(*args, **kwargs)
+    except RERUN:
+        raise
+    except Exception as exc:
+        log.exception("%s raised a deterministic error; not rerunning it", func.__name__)
+        own = exc if isinstance(exc, VoxfleetError) else None
+        return Refused(type(exc).__name__, " ".join(str(exc).split())[:500], own)
+
+
+def refusal(refused: Refused, what: str) -> VoxfleetError:
+    """The job-level error for task ``what`` having returned ``refused``."""
+    if refused.error is not None:
+        return classify(refused.error, what)
+    return TaskFailed(
+        f"{what} failed: {refused.kind}: {refused.message} (the same data would fail the same "
+        "way again, so it was not retried)"
+    )
 
 
 def classify(exc: BaseException, what: str) -> VoxfleetError:
@@ -111,7 +151,7 @@ def map_scattered(
     consumer's copy, with the shared values (Dask's memory manager drops broadcast replicas it
     deems surplus, so the dead worker may have held the only copy), and their tasks resubmitted,
     up to ``MAX_ROUNDS`` times: a lost worker costs a few tasks' time, not the job. Task errors
-    are classified as in ``gather_all``.
+    are classified as in ``gather_all``; a deterministic one fails the stage at once, unrerun.
 
     Scattering places each part on a worker up front, and its task follows it: the work is
     divided before anyone knows how long each task takes. Where parts are small and task times
@@ -133,7 +173,16 @@ def map_scattered(
         remote = client.scatter(chosen, hash=False) if scatter_parts else chosen
         common = [client.scatter(value, broadcast=True, hash=False) for value in shared]
         futures = [
-            client.submit(func, part, *common, *args, pure=False, retries=retries, **kwargs)
+            client.submit(
+                guarded,
+                func,
+                part,
+                *common,
+                *args,
+                key=f"{func.__name__}-{uuid.uuid4()}",  # the dashboard shows what runs
+                retries=retries,
+                **kwargs,
+            )
             for part in remote
         ]
         index = {future.key: i for future, i in zip(futures, todo, strict=True)}
@@ -148,10 +197,14 @@ def map_scattered(
                     raise classify(exc, labels[i]) from exc
                 else:
                     try:
-                        results[i] = future.result()
+                        value = future.result()
                     except FutureCancelledError:
                         # Finished, but its result lived on the worker that just died.
                         lost.append(i)
+                        continue
+                    if isinstance(value, Refused):
+                        raise refusal(value, labels[i])
+                    results[i] = value
         except BaseException:
             client.cancel(futures)
             raise

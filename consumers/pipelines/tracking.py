@@ -31,6 +31,7 @@ from distributed import get_worker
 from nibabel.streamlines.array_sequence import ArraySequence
 from numpy.typing import NDArray
 
+from consumers.pipelines.bounds import EdgeCounts, keep_in_grid
 from consumers.pipelines.remote import map_scattered
 from shared.params import TractographyParams
 from shared.store import ObjectInfo, ObjectStore
@@ -198,12 +199,13 @@ def track_shard(
 ) -> dict[str, Any]:
     """Runs on a worker: track one shard, save it, put it in the store; return its numbers."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    streamlines = track(part.seeds, sh, fa, affine, options)
+    streamlines, edges = keep_in_grid(track(part.seeds, sh, fa, affine, options), affine, fa.shape)
     tractogram = StatefulTractogram(streamlines, header, Space.RASMM)
     key = shard_key(part.index, options.output_format)
     with tempfile.TemporaryDirectory(prefix="voxfleet-shard-") as tmp:
         path = Path(tmp) / Path(key).name
-        # The check refuses points outside the grid, which no reader could place.
+        # keep_in_grid made this pass; the check stays so that no file is written a reader with
+        # the same check (dipy's default) would refuse.
         save_tractogram(tractogram, str(path), bbox_valid_check=True)
         info = out.put_file(key, path)
     density = density_sparse(streamlines, affine, fa.shape) if options.density else None
@@ -216,6 +218,7 @@ def track_shard(
         "seed_start": part.start,
         "seed_stop": part.start + len(part.seeds),
         "streamlines": len(streamlines),
+        "edge": edges.as_dict(),
         "bytes": info.bytes,
         "sha256": info.sha256,
         "busy_s": time.perf_counter() - t0,
@@ -236,6 +239,11 @@ class TrackingResult:
     @property
     def streamlines(self) -> int:
         return sum(int(s["streamlines"]) for s in self.shards)
+
+    @property
+    def edge(self) -> EdgeCounts:
+        """Streamlines changed at the image's edge, over all shards (see ``bounds``)."""
+        return sum((EdgeCounts(**s["edge"]) for s in self.shards), EdgeCounts())
 
 
 def track_sharded(
@@ -281,7 +289,7 @@ def track_sharded(
         if density is not None and r["density"] is not None:
             voxels, counts = r["density"]
             density.ravel()[voxels] += counts.astype(np.int32)
-    fields = ("key", "seed_start", "seed_stop", "streamlines", "bytes", "sha256")
+    fields = ("key", "seed_start", "seed_stop", "streamlines", "edge", "bytes", "sha256")
     shards = [{f: r[f] for f in fields} for r in results]
     files = [ObjectInfo(r["key"], int(r["bytes"]), str(r["sha256"])) for r in results]
     return TrackingResult(shards, files, busy, cpu, density)

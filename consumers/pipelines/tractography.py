@@ -172,6 +172,8 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
 
     summary = {
         "streamlines": tracked.streamlines,
+        # Streamlines that reached the image's edge and were snapped onto it or cut (bounds.py).
+        "edge_streamlines": tracked.edge.as_dict(),
         "seeds": len(seeds),
         "seeds_per_voxel": params.seeds_per_voxel,
         "seed_grid": list(tracking.seed_grid(params.seeds_per_voxel)),

@@ -50,3 +50,42 @@ def test_parts_sent_with_their_tasks_go_to_whichever_worker_is_free(dask_client:
     assert [r[1] for r in results] == parts  # every part, in order
     long_worker = results[0][0]
     assert sum(1 for address, _ in results[1:] if address == long_worker) <= 1
+
+
+def _count_and_raise(part: int, tally: str, error: str) -> int:
+    import uuid
+    from pathlib import Path
+
+    from shared.errors import InvalidInput
+
+    (Path(tally) / uuid.uuid4().hex).touch()  # every try, on whichever worker
+    if part == 1:
+        raise {"ValueError": ValueError, "InvalidInput": InvalidInput, "OSError": OSError}[error](
+            "bad voxel"
+        )
+    return part
+
+
+@pytest.mark.parametrize(
+    ("error", "tries", "expected"),
+    [("ValueError", 1, "TaskFailed"), ("InvalidInput", 1, "InvalidInput"), ("OSError", 3, "")],
+)
+def test_deterministic_errors_are_not_rerun(
+    dask_client: Any, tmp_path: Any, error: str, tries: int, expected: str
+) -> None:
+    """A task that raises a deterministic error runs once and fails the stage at once, keeping
+    our own error's class; an I/O error is rerun (twice) on the cluster before it fails."""
+    from consumers.pipelines.remote import TaskFailed, map_scattered
+    from shared.errors import InvalidInput, TransientError
+
+    tally = tmp_path / "tries"
+    tally.mkdir()
+    kind = {"TaskFailed": TaskFailed, "InvalidInput": InvalidInput, "": TransientError}[expected]
+    with pytest.raises(kind, match="part 1") as caught:
+        map_scattered(
+            dask_client, _count_and_raise, [0, 1, 2], str(tally), error,
+            labels=["part 0", "part 1", "part 2"],
+        )  # fmt: skip
+    assert "bad voxel" in str(caught.value)
+    failing = len(list(tally.iterdir())) - 2  # the two good parts ran once each (or not yet)
+    assert failing <= tries and (tries == 1 or failing >= tries - 1)
