@@ -242,8 +242,7 @@ def main(options: list[str]) -> dict[str, Any]:
         root = Path(tmp)
         subject = root / "in" / SUBJECT
         t0 = time.perf_counter()
-        (written,) = write_subjects(LocalStore(root / "in"), 1, size=size)
-        assert written == SUBJECT
+        assert write_subjects(LocalStore(root / "in"), 1, size=size) == [SUBJECT]
         print(f"synthetic {size} subject written in {time.perf_counter() - t0:.1f} s", flush=True)
         # Alternate the two sides, so that a neighbour's burst of load hits both alike.
         for run in range(repeat):
