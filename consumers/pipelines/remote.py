@@ -39,7 +39,7 @@ RERUN: tuple[type[BaseException], ...] = (OSError, TimeoutError, MemoryError, Tr
 
 
 class TaskFailed(VoxfleetError):
-    """Permanent: a cluster task raised the same way on every try (see the module docstring)."""
+    """Permanent: a cluster task failed deterministically (see the module docstring)."""
 
 
 @dataclass(frozen=True)
