@@ -176,8 +176,8 @@ def _stage(tract: str, atlas: str, root: Path, workers: int) -> dict[str, Any]:
     from cluster import import_modules
     from cluster.local import QUIET_DASK
     from consumers import pipelines
-    from consumers.pipelines import bundles
     from consumers.pipelines.base import PipelineContext
+    from consumers.pipelines.bundles import pipeline as bundles
     from shared.jobspec import JobSpec
     from shared.settings import Settings
     from shared.store import LocalStore, open_store

@@ -12,10 +12,10 @@ from typing import Any
 import redis
 
 from bench.harness import write_results
-from consumers.app import TASK_NAME, make_app
+from consumers.app import make_app
 from producer.bulk import BATCH, envelope, publish_bulk
 from producer.server import EmbeddedRedis
-from shared.jobspec import JobSpec
+from shared.jobspec import TASK_NAME, JobSpec
 from shared.settings import Settings
 
 

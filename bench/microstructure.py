@@ -140,7 +140,8 @@ def sc20_block(
     """SC20's per-block call, for (c): ``map_overlap`` of a function that runs ITK's Hessian
     filter and the measure over the whole overlapped block; the halo is trimmed afterwards.
     Imported by the workers from this module (the task names it)."""
-    from consumers.pipelines.vesselness import halo_crop, objectness_whole
+    from consumers.pipelines.microstructure.objectness import halo_crop
+    from consumers.pipelines.microstructure.objectness_itk import objectness_whole
 
     assert block_info is not None
     crop = halo_crop(block_info, halo, pad_faces)
@@ -153,7 +154,7 @@ def _sc20_job(volume: Path, results: Path, params: dict[str, Any]) -> tuple[Outc
     """The job with SC20's chunking and SC20's per-block filter (everything else ours)."""
     from unittest import mock
 
-    from consumers.pipelines import microstructure
+    from consumers.pipelines.microstructure import pipeline as microstructure
 
     with mock.patch.object(microstructure, "objectness_block", sc20_block):
         return _job(volume, results, params)

@@ -73,7 +73,7 @@ def serial_reference(subject: Path, out: Path, dask_backends: list[str]) -> dict
     from dipy.tracking.utils import seeds_from_mask
     from nibabel.streamlines.array_sequence import ArraySequence
 
-    from consumers.pipelines.hcp import resample_labels_nearest
+    from consumers.pipelines.diffusion.hcp import resample_labels_nearest
     from shared.params import HCP_WM_LABELS
 
     st = Stages()
@@ -116,7 +116,7 @@ def serial_reference(subject: Path, out: Path, dask_backends: list[str]) -> dict
     with st.stage("write"):
         sft = StatefulTractogram(streamlines, dwi, Space.RASMM)
         # As dipy's own workflows save: with the check off, since a streamline ending on the
-        # image's face can round outside it in float32 (consumers/pipelines/bounds.py).
+        # image's face can round outside it in float32 (consumers/pipelines/diffusion/bounds.py).
         save_tractogram(sft, str(out / "serial.trk"), bbox_valid_check=False)
     figures: dict[str, Any] = {
         "stages_s": st.wall,

@@ -17,10 +17,10 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import prepare_accept_content
 
+from consumers.ledger import ledger_for_consumer
 from shared.errors import ConfigError
 from shared.settings import Settings, get_settings
 
-TASK_NAME = "voxfleet.run_job"
 _log = logging.getLogger(__name__)
 _CERT_REQS = {
     "required": ssl.CERT_REQUIRED,
@@ -118,8 +118,6 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """
 
     def _dead_letter(self, message: Any, reason: str) -> None:
-        from consumers.tasks import ledger_for_consumer
-
         headers = getattr(message, "headers", None) or {}
         job_id = headers.get("id") if isinstance(headers, dict) else None
         body = message.body

@@ -18,9 +18,8 @@ import logging
 
 from celery import Celery
 
-from consumers.app import TASK_NAME
 from consumers.ledger import Ledger
-from shared.jobspec import JobSpec
+from shared.jobspec import TASK_NAME, JobSpec
 from shared.manifest import MANIFEST
 from shared.params import TractographyParams
 

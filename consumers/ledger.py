@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 from typing import Any
 
 import redis
 
 from shared.jobspec import JobSpec
+from shared.settings import get_settings
 
 JOB_PREFIX = "voxfleet:job:"
 DEAD_LETTERS = "voxfleet:dead"
@@ -160,3 +162,10 @@ class Ledger:
             for job_id, record in zip(batch, pipe.execute(), strict=True):
                 out[job_id] = record
         return out
+
+
+@lru_cache(maxsize=1)
+def ledger_for_consumer() -> Ledger:
+    """The consumer process's ledger, on its configured broker."""
+    settings = get_settings()
+    return Ledger.from_url(settings.broker_url.get_secret_value(), settings.state_ttl_s)

@@ -21,21 +21,15 @@ from celery.signals import (
 
 from cluster import WarmPool
 from consumers import followup, shutdown
-from consumers.app import TASK_NAME, app
+from consumers.app import app
 from consumers.lease import Lease, LeaseLost
-from consumers.ledger import Ledger, one_line
+from consumers.ledger import Ledger, ledger_for_consumer, one_line
 from consumers.runner import execute
 from shared.errors import Cancelled, InvalidInput, TransientError, VoxfleetError
-from shared.jobspec import JobSpec
+from shared.jobspec import TASK_NAME, JobSpec
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=1)
-def ledger_for_consumer() -> Ledger:
-    settings = get_settings()
-    return Ledger.from_url(settings.broker_url.get_secret_value(), settings.state_ttl_s)
 
 
 @lru_cache(maxsize=1)

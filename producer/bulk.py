@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from consumers.app import TASK_NAME
 from consumers.ledger import CAMPAIGN_PREFIX
-from shared.jobspec import JobSpec
+from shared.jobspec import TASK_NAME, JobSpec
 from shared.settings import Settings
 
 BATCH = 2000  # messages per command: large enough to amortise a round trip, small for memory

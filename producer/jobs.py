@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from consumers.app import TASK_NAME, make_app
+from consumers.app import make_app
 from consumers.ledger import FINAL_STATES, Ledger
 from shared.errors import InvalidInput
-from shared.jobspec import JobSpec
+from shared.jobspec import TASK_NAME, JobSpec
 from shared.settings import Settings
 
 

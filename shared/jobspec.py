@@ -25,6 +25,10 @@ CLUSTER_PATTERN = (
 )
 _CLUSTER_RE = re.compile(CLUSTER_PATTERN)
 
+#: The Celery task every job message names: the contract between producer and consumer, here so
+#: that the producer can publish without building the consumer's Celery app.
+TASK_NAME = "voxfleet.run_job"
+
 
 class ClusterSize(BaseModel):
     """How big a cluster the job wants; None means the backend's default (one worker per core

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from consumers.app import TASK_NAME, make_app
+from consumers.app import make_app
+from shared.jobspec import TASK_NAME
 from shared.settings import Settings
 
 

@@ -22,14 +22,14 @@ from kombu import Connection, Exchange, Producer
 from typer.testing import CliRunner
 
 import shared.settings
-from consumers.app import TASK_NAME, broker_tls, make_app
+from consumers.app import broker_tls, make_app
 from consumers.ledger import Ledger
 from producer.bulk import publish_bulk
 from producer.cli import app as cli
 from producer.jobs import submit, wait_for
 from producer.server import EmbeddedRedis
 from shared.errors import UnsafePath
-from shared.jobspec import JobSpec
+from shared.jobspec import TASK_NAME, JobSpec
 from shared.settings import Settings
 from shared.store import LocalStore, ObjectStore, S3Store, open_store
 from tests.faults import inputs

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import redis
 
-from consumers.app import TASK_NAME, make_app
+from consumers.app import make_app
 from consumers.ledger import Ledger
 from producer.server import EmbeddedRedis
+from shared.jobspec import TASK_NAME
 from shared.settings import Settings
 from tests.integration.harness import consumer_env
 

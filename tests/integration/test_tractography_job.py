@@ -159,9 +159,9 @@ def test_streamlines_reaching_the_edge_through_the_queue(
     import trx.io as trx_io
     import trx.trx_file_memmap as trx_memmap
 
-    from consumers.pipelines import tractography
     from consumers.pipelines.base import PipelineContext
-    from consumers.pipelines.bounds import margin_voxels
+    from consumers.pipelines.diffusion import tractography
+    from consumers.pipelines.diffusion.bounds import margin_voxels
     from shared.store import LocalStore
     from shared.timing import StageTimer
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from consumers.pipelines import tracking
+from consumers.pipelines.diffusion import tracking
 from consumers.runner import execute
 from producer.synth.hcp import write_subject
 from shared.jobspec import JobSpec
@@ -130,8 +130,8 @@ def _serial_tracking(subject_dir: Path, workdir: Path, step_size: float) -> list
     from dipy.tracking.tracker import deterministic_tracking
     from dipy.tracking.utils import seeds_from_mask
 
-    from consumers.pipelines import wm
-    from consumers.pipelines.hcp import load_subject
+    from consumers.pipelines.diffusion import white_matter as wm
+    from consumers.pipelines.diffusion.hcp import load_subject
     from shared.params import TractographyParams
 
     params, settings, inputs = TractographyParams(), Settings(), LocalStore(subject_dir)

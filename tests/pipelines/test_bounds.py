@@ -15,7 +15,12 @@ from dipy.io.streamline import load_tractogram, save_tractogram
 from dipy.io.utils import Space
 from nibabel.streamlines.array_sequence import ArraySequence
 
-from consumers.pipelines.bounds import EDGE_TOLERANCE, EdgeCounts, keep_in_grid, margin_voxels
+from consumers.pipelines.diffusion.bounds import (
+    EDGE_TOLERANCE,
+    EdgeCounts,
+    keep_in_grid,
+    margin_voxels,
+)
 
 
 def centred(shape: tuple[int, int, int], voxel: float) -> np.ndarray:

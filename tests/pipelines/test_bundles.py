@@ -17,8 +17,8 @@ from dipy.segment.bundles import RecoBundles, bundle_shape_similarity
 from matplotlib.image import imread
 from nibabel.streamlines.array_sequence import ArraySequence
 
-from consumers.pipelines import bundles
 from consumers.pipelines.base import PipelineContext
+from consumers.pipelines.bundles import pipeline as bundles
 from consumers.runner import execute
 from producer.synth.bundles import (
     merged,

@@ -12,8 +12,9 @@ import pytest
 from dipy.reconst.dti import TensorModel
 from matplotlib.image import imread
 
-from consumers.pipelines import PIPELINES, dti, get_pipeline
+from consumers.pipelines import PIPELINES, get_pipeline
 from consumers.pipelines.base import PipelineContext
+from consumers.pipelines.diffusion import dti
 from shared.errors import InvalidInput
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

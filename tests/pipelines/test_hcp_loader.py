@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from consumers.pipelines import hcp
+from consumers.pipelines.diffusion import hcp
 from shared.errors import InvalidInput, MissingInput
 from shared.settings import Settings
 from shared.store import LocalStore

@@ -19,10 +19,13 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from consumers.pipelines import PIPELINES, fiberstats, microstructure, ngff
+from consumers.pipelines import PIPELINES
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.chunking import STORAGE_CHUNK, plan_chunks
-from consumers.pipelines.vesselness import ObjectnessSpec, objectness, objectness_whole
+from consumers.pipelines.microstructure import fiberstats, ngff
+from consumers.pipelines.microstructure import pipeline as microstructure
+from consumers.pipelines.microstructure.chunking import STORAGE_CHUNK, plan_chunks
+from consumers.pipelines.microstructure.objectness import ObjectnessSpec
+from consumers.pipelines.microstructure.objectness_itk import objectness, objectness_whole
 from producer.synth.fibers import Fiber, PhantomSpec, render_slab, truth_uri, write_phantom
 from shared.errors import InvalidInput
 from shared.jobspec import JobSpec
@@ -217,7 +220,7 @@ def test_otsu_threshold_records_its_sample(
 
 def test_itk_runs_one_thread_per_worker(dask_client: Any) -> None:
     def threads() -> int:
-        from consumers.pipelines.itk_objectness import _Threads
+        from consumers.pipelines.microstructure.objectness_itk import _Threads
 
         return int(_Threads.GetGlobalDefaultNumberOfThreads())
 
@@ -395,13 +398,13 @@ def test_the_shared_pass_hessian_is_itk_hessian_filter() -> None:
     # 17 one-axis passes, cut as they go, against ITK's own 18-pass Hessian on the whole input.
     from itk.itkPyBufferPython import itkPyBufferISSRTD33
 
-    from consumers.pipelines import itk_objectness
+    from consumers.pipelines.microstructure import objectness_itk
 
     rng = np.random.default_rng(8)
     volume = ndimage.gaussian_filter(rng.normal(size=(30, 34, 38)), 1.0).astype(np.float32)
     volume[:, :, 20:] += 3 * volume[:, :, :18]  # not symmetric along any axis
-    image = itk_objectness._Buffer._GetImageViewFromArray(volume, volume.shape[::-1], 1)
-    theirs = itk_objectness._Hessian.New()
+    image = objectness_itk._Buffer._GetImageViewFromArray(volume, volume.shape[::-1], 1)
+    theirs = objectness_itk._Hessian.New()
     theirs.SetInput(image)
     theirs.SetSigma(1.5)
     theirs.SetNormalizeAcrossScale(True)
@@ -409,7 +412,7 @@ def test_the_shared_pass_hessian_is_itk_hessian_filter() -> None:
     view = np.asarray(itkPyBufferISSRTD33._GetArrayViewFromImage(theirs.GetOutput()))
     reference = view.view(np.float64).reshape(*volume.shape, 6)
     crop = ((4, 2), (0, 5), (3, 0))
-    ours = np.stack(itk_objectness.hessian(volume, 1.5, crop), axis=-1)
+    ours = np.stack(objectness_itk.hessian(volume, 1.5, crop), axis=-1)
     kept = reference[4:-2, :-5, 3:]
     assert (np.abs(kept).max(axis=(0, 1, 2)) > 0.01).all()  # every component is exercised
     np.testing.assert_array_equal(ours, kept)  # ITK's passes in ITK's order: the same bits
@@ -420,21 +423,21 @@ def test_the_measure_skips_only_voxels_itk_sets_to_zero(bright: bool) -> None:
     # The trace screen against ITK's measure on every voxel: the same bits, and it skips many.
     from itk.itkPyBufferPython import itkPyBufferISSRTD33
 
-    from consumers.pipelines import itk_objectness
+    from consumers.pipelines.microstructure import objectness_itk
 
     rng = np.random.default_rng(10)
     volume = ndimage.gaussian_filter(rng.normal(size=(32, 36, 40)), 1.0).astype(np.float32)
     spec = ObjectnessSpec(sigmas=(1.5,), alpha=0.5, beta=0.5, gamma=0.05, bright=bright)
-    parts = itk_objectness.hessian(volume, 1.5, ((0, 0), (0, 0), (0, 0)))
+    parts = objectness_itk.hessian(volume, 1.5, ((0, 0), (0, 0), (0, 0)))
     tensor = np.stack(parts, axis=-1).astype(np.float64)
     image = itkPyBufferISSRTD33._GetImageViewFromArray(tensor, volume.shape[::-1], 6)
-    measure = itk_objectness._measure(spec)
+    measure = objectness_itk._measure(spec)
     measure.SetInput(image)
-    every_voxel = itk_objectness._result(measure, volume.shape)
-    screened = itk_objectness._compact_measure(parts, spec)
+    every_voxel = objectness_itk._result(measure, volume.shape)
+    screened = objectness_itk._compact_measure(parts, spec)
     np.testing.assert_array_equal(screened, every_voxel)
     assert np.count_nonzero(every_voxel > 0.1) > 100
-    kept = itk_objectness.candidates(parts, bright)
+    kept = objectness_itk.candidates(parts, bright)
     assert 0.2 < kept.mean() < 0.8
     assert not every_voxel[~kept].any()
 

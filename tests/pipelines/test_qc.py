@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from consumers.pipelines import qc
+from consumers.pipelines.diffusion import qc
 
 
 def test_to_ras_flips_and_permutes_with_zooms() -> None:

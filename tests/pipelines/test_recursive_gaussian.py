@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from consumers.pipelines.recursive_gaussian import coefficients, gaussian_pass
+from consumers.pipelines.microstructure.recursive_gaussian import coefficients, gaussian_pass
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")
 

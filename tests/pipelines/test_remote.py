@@ -1,4 +1,4 @@
-"""Collecting cluster tasks (``consumers.pipelines.remote``) on a real multi-process cluster."""
+"""Collecting cluster tasks (``consumers.pipelines.fanout``) on a real multi-process cluster."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from distributed import Client
 
-from consumers.pipelines.remote import gather_all
+from consumers.pipelines.fanout import gather_all
 
 
 def test_results_are_awaited_on_the_jobs_own_client_loop(dask_client: Any) -> None:
@@ -40,7 +40,7 @@ def test_parts_sent_with_their_tasks_go_to_whichever_worker_is_free(dask_client:
     (seen here: 3). Sent inside their tasks, they are queued by the scheduler, so the long
     task's worker takes at most the one short task it was handed beside it (Dask gives a
     one-thread worker two task slots)."""
-    from consumers.pipelines.remote import map_scattered
+    from consumers.pipelines.fanout import map_scattered
 
     parts = [1.5] + [0.2] * 6
     results = map_scattered(
@@ -75,7 +75,7 @@ def test_deterministic_errors_are_not_rerun(
 ) -> None:
     """A task that raises a deterministic error runs once and fails the stage at once, keeping
     our own error's class; an I/O error is rerun (twice) on the cluster before it fails."""
-    from consumers.pipelines.remote import TaskFailed, map_scattered
+    from consumers.pipelines.fanout import TaskFailed, map_scattered
     from shared.errors import InvalidInput, TransientError
 
     tally = tmp_path / "tries"

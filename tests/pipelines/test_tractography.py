@@ -24,9 +24,10 @@ from dipy.tracking.tracker import deterministic_tracking, probabilistic_tracking
 from dipy.tracking.utils import seeds_from_mask
 from matplotlib.image import imread
 
-from consumers.pipelines import PIPELINES, csd, tracking, tractography
+from consumers.pipelines import PIPELINES
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.remote import TaskFailed
+from consumers.pipelines.diffusion import csd, tracking, tractography
+from consumers.pipelines.fanout import TaskFailed
 from producer.synth.hcp import write_subject
 from shared.errors import InvalidInput, MissingInput, TransientError
 from shared.jobspec import JobSpec
@@ -136,7 +137,7 @@ def max_point_distance(
     """Largest distance between corresponding points. Given the grid, points dipy left on an
     image face (which ``bounds`` moves by at most its margin) are held to that margin instead
     and left out of the figure returned."""
-    from consumers.pipelines.bounds import EDGE_TOLERANCE, margin_voxels
+    from consumers.pipelines.diffusion.bounds import EDGE_TOLERANCE, margin_voxels
 
     assert len(ours) == len(reference)
     worst = 0.0
@@ -469,7 +470,7 @@ def test_parameters_and_registry() -> None:
     assert isinstance(spec.parameters(), TractographyParams)
     pipeline = PIPELINES["tractography"]
     assert pipeline.load is tractography.load
-    assert "consumers.pipelines.tracking" in pipeline.worker_modules
+    assert "consumers.pipelines.diffusion.tracking" in pipeline.worker_modules
 
 
 def test_workers_import_no_plotting_or_other_pipelines() -> None:
@@ -488,4 +489,4 @@ def test_workers_import_no_plotting_or_other_pipelines() -> None:
     assert done.stdout.strip() == ""
     for task in (csd.fit_chunk, tracking.track_shard):
         assert task.__module__ in modules
-    assert "consumers.pipelines.dti" in modules  # the FA fit's tasks
+    assert "consumers.pipelines.diffusion.dti" in modules  # the FA fit's tasks

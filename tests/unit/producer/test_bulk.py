@@ -7,10 +7,10 @@ import json
 
 import redis
 
-from consumers.app import TASK_NAME, make_app
+from consumers.app import make_app
 from producer.bulk import envelope, publish_bulk, queue_list
 from producer.server import EmbeddedRedis
-from shared.jobspec import JobSpec
+from shared.jobspec import TASK_NAME, JobSpec
 from shared.settings import Settings
 
 VARYING = {"origin", "argsrepr", "reply_to", "delivery_tag"}

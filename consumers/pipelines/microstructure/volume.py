@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from consumers.pipelines.zarrstore import ObjectZarrStore
+from consumers.pipelines.microstructure.zarrstore import ObjectZarrStore
 from shared.errors import InvalidInput, MissingInput, VoxfleetError
 from shared.settings import Settings
 from shared.store import ObjectStore

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from consumers.pipelines.hcp import (
+from consumers.pipelines.diffusion.hcp import (
     APARC_KEY,
     Subject,
     load_aparc,

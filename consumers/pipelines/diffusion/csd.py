@@ -23,7 +23,7 @@ from dipy.reconst.csdeconv import (
 from distributed import get_worker
 from numpy.typing import NDArray
 
-from consumers.pipelines.remote import map_scattered
+from consumers.pipelines.fanout import map_scattered
 from shared.errors import InvalidInput
 
 CHUNKS_PER_WORKER = 4  # a few per worker: a fast worker takes over a slow one's last share

@@ -27,7 +27,7 @@ from dask.delayed import delayed
 from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
-from consumers.pipelines.zarrstore import ObjectZarrStore
+from consumers.pipelines.microstructure.zarrstore import ObjectZarrStore
 from shared.store import ObjectInfo
 
 AXES = ("z", "y", "x")

@@ -21,7 +21,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import NDArray
 
-from consumers.pipelines.gradients import (
+from consumers.pipelines.diffusion.gradients import (
     BVALS_KEY,
     BVECS_KEY,
     DWI_KEY,

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from consumers.pipelines.recursive_gaussian import gaussian_pass
-from consumers.pipelines.vesselness import Crop, ObjectnessSpec
+from consumers.pipelines.microstructure.objectness import Crop, ObjectnessSpec
+from consumers.pipelines.microstructure.recursive_gaussian import gaussian_pass
 
 try:  # the wrapper modules that hold the classes used (ITK 5.x names)
     from itk.ITKCommonBasePython import itkMultiThreaderBase as _Threads

@@ -26,16 +26,27 @@ from dask.delayed import delayed
 from dask_image import ndmeasure
 from distributed import get_task_stream, wait
 
-from consumers.pipelines import fiber_qc, fiberstats, ngff
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.chunking import ChunkPlan, plan_chunks, task_voxel_budget
-from consumers.pipelines.vesselness import ObjectnessSpec, objectness_block
-from consumers.pipelines.volume import Volume, open_volume
-from consumers.pipelines.zarrstore import ObjectZarrStore
+from consumers.pipelines.microstructure import fiberstats, ngff, qc
+from consumers.pipelines.microstructure.blocks import objectness_block
+from consumers.pipelines.microstructure.chunking import ChunkPlan, plan_chunks, task_voxel_budget
+from consumers.pipelines.microstructure.objectness import ObjectnessSpec
+from consumers.pipelines.microstructure.volume import Volume, open_volume
+from consumers.pipelines.microstructure.zarrstore import ObjectZarrStore
 from shared.errors import InvalidInput
 from shared.params import MicrostructureParams
 from shared.store import ObjectInfo
 from shared.timing import process_cpu_s
+
+#: Imported on every worker while the cluster starts. ``objectness_itk`` loads ITK's wrappers
+#: and sets one ITK thread per worker process; the label graph is dask-image's.
+WORKER_MODULES = (
+    "consumers.pipelines.microstructure.objectness_itk",
+    "consumers.pipelines.microstructure.blocks",
+    "consumers.pipelines.microstructure.ngff",
+    "consumers.pipelines.microstructure.fiberstats",
+    "dask_image.ndmeasure",
+)
 
 OUTPUT = "fibers.ome.zarr"
 LABEL_NAME = "fibers"
@@ -312,7 +323,7 @@ def _qc(
     threshold: dict[str, Any],
     client: Any,
 ) -> Path:
-    mz, my, mx = fiber_qc.mid_slices(volume.shape)
+    mz, my, mx = qc.mid_slices(volume.shape)
     source = da.from_zarr(volume.array)
     slices = [
         source[mz],
@@ -327,7 +338,7 @@ def _qc(
         f"{ctx.spec.subject}: {stats['fibers']} fibers, volume fraction "
         f"{stats['volume_fraction']:.3f}, objectness > {threshold['value']:.3g}"
     )
-    return fiber_qc.save_orthogonal(
+    return qc.save_orthogonal(
         ctx.workdir / "out" / "qc" / "fibers.png",
         list(parts[:3]),
         list(parts[3:]),

@@ -17,10 +17,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.hcp import Subject, check_subject, load_subject
-from consumers.pipelines.remote import map_scattered
+from consumers.pipelines.diffusion.hcp import Subject, check_subject, load_subject
+from consumers.pipelines.fanout import map_scattered
 from shared.errors import InvalidInput
 from shared.params import DtiParams
+
+#: Imported on every worker while the cluster starts: the task's module and dipy's tensor model.
+WORKER_MODULES = ("consumers.pipelines.diffusion.dti", "dipy.reconst.dti")
 
 CHUNKS_PER_WORKER = 4  # a few per worker lets a fast worker take over a slow one's share
 # Six tensor elements plus S0: fewer diffusion-weighted volumes leave the fit underdetermined.
@@ -181,7 +184,7 @@ def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
     if params.qc:
         # Here, not at the top: Dask workers import this module for fit_chunk, and matplotlib
         # costs each of them seconds of CPU at start-up for an image only the consumer draws.
-        from consumers.pipelines import qc
+        from consumers.pipelines.diffusion import qc
 
         with ctx.timer.stage("qc"):
             png = qc.save_mid_slices(

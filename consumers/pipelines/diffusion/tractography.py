@@ -19,12 +19,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from consumers.pipelines import csd, qc, tracking, wm
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.dti import fit_tensor_values, write_nifti
-from consumers.pipelines.hcp import APARC_KEY, Subject, check_subject, load_subject
+from consumers.pipelines.diffusion import csd, qc, tracking, white_matter
+from consumers.pipelines.diffusion.dti import fit_tensor_values, write_nifti
+from consumers.pipelines.diffusion.hcp import APARC_KEY, Subject, check_subject, load_subject
 from shared.errors import InvalidInput, MissingInput
 from shared.params import DtiParams, TractographyParams
+
+#: Imported on every worker while the cluster starts: the modules of the three stages' tasks.
+WORKER_MODULES = (
+    "consumers.pipelines.diffusion.dti",
+    "consumers.pipelines.diffusion.csd",
+    "consumers.pipelines.diffusion.tracking",
+    "dipy.reconst.dti",
+)
 
 
 @dataclass
@@ -71,11 +79,11 @@ def load(ctx: PipelineContext) -> Loaded:
         _enough_volumes(subject.gtab, params)
         aparc = None
         if params.wm_source == "aparc":
-            aparc = wm.read_aparc(ctx.inputs, ctx.workdir, ctx.settings)
+            aparc = white_matter.read_aparc(ctx.inputs, ctx.workdir, ctx.settings)
     if aparc is None:
         return Loaded(subject, None)  # white matter from FA, once the cluster has fitted it
     with ctx.timer.stage("mask"):
-        mask = wm.wm_from_aparc(*aparc, subject, params.wm_labels)
+        mask = white_matter.wm_from_aparc(*aparc, subject, params.wm_labels)
     return Loaded(subject, mask)
 
 
@@ -120,7 +128,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     mask = loaded.wm
     if mask is None:
         with ctx.timer.stage("mask"):
-            mask = wm.wm_from_fa(fa, subject.mask, params.fa_wm_threshold)
+            mask = white_matter.wm_from_fa(fa, subject.mask, params.fa_wm_threshold)
 
     with ctx.timer.stage("response"):
         response = _response(subject, mask, fa, params)

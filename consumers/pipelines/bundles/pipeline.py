@@ -21,42 +21,49 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from consumers.pipelines import bundle_inputs, recognition
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.remote import map_scattered
+from consumers.pipelines.bundles import inputs, recognition
+from consumers.pipelines.fanout import map_scattered
 from shared.errors import InvalidInput
 from shared.manifest import Manifest
 from shared.params import BundlesParams
+
+#: Imported on every worker while the cluster starts: the recognition task and dipy's stack.
+WORKER_MODULES = (
+    "consumers.pipelines.bundles.recognition",
+    "dipy.segment.bundles",
+    "dipy.align.streamlinear",
+)
 
 
 @dataclass
 class Loaded:
     manifest: Manifest
-    tractogram: bundle_inputs.Tractogram
-    atlas: bundle_inputs.Atlas
+    tractogram: inputs.Tractogram
+    atlas: inputs.Atlas
 
 
 def check(ctx: PipelineContext) -> None:
     """Listings and the manifest only, before any cluster starts: a missing or uncommitted
     result, or an atlas with no model bundles, fails here in one line."""
     params = ctx.params(BundlesParams)
-    bundle_inputs.committed_tractography(ctx.spec.input_uri, ctx.settings)
-    bundle_inputs.list_atlas(params.atlas, ctx.settings)
+    inputs.committed_tractography(ctx.spec.input_uri, ctx.settings)
+    inputs.list_atlas(params.atlas, ctx.settings)
 
 
 def load(ctx: PipelineContext) -> Loaded:
     params = ctx.params(BundlesParams)
     with ctx.timer.stage("load"):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        manifest = bundle_inputs.committed_tractography(ctx.spec.input_uri, ctx.settings)
-        listing = bundle_inputs.list_atlas(params.atlas, ctx.settings)
-        tractogram = bundle_inputs.download_tractography(ctx.inputs, manifest, ctx.workdir)
-        atlas = bundle_inputs.download_atlas(listing, ctx.settings, ctx.workdir)
+        manifest = inputs.committed_tractography(ctx.spec.input_uri, ctx.settings)
+        listing = inputs.list_atlas(params.atlas, ctx.settings)
+        tractogram = inputs.download_tractography(ctx.inputs, manifest, ctx.workdir)
+        atlas = inputs.download_atlas(listing, ctx.settings, ctx.workdir)
     return Loaded(manifest, tractogram, atlas)
 
 
 def register(
-    streamlines: Any, atlas: bundle_inputs.Atlas, params: BundlesParams
+    streamlines: Any, atlas: inputs.Atlas, params: BundlesParams
 ) -> tuple[Any, NDArray[np.float64]]:
     """The subject's streamlines moved into atlas space (dipy's ``whole_brain_slr``) and the
     4x4 matrix that did it; identity when registration is off."""
@@ -171,7 +178,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
             )
     if params.qc:
         with ctx.timer.stage("qc"):
-            from consumers.pipelines.bundle_qc import bundles_image
+            from consumers.pipelines.bundles.qc import bundles_image
 
             uploads["qc/bundles.png"] = bundles_image(
                 ctx.workdir / "out" / "qc" / "bundles.png", ctx.spec.subject, native

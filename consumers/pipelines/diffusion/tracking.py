@@ -31,8 +31,8 @@ from distributed import get_worker
 from nibabel.streamlines.array_sequence import ArraySequence
 from numpy.typing import NDArray
 
-from consumers.pipelines.bounds import EdgeCounts, keep_in_grid
-from consumers.pipelines.remote import map_scattered
+from consumers.pipelines.diffusion.bounds import EdgeCounts, keep_in_grid
+from consumers.pipelines.fanout import map_scattered
 from shared.params import TractographyParams
 from shared.store import ObjectInfo, ObjectStore
 
