@@ -38,8 +38,11 @@ reliability: $(STAMP)
 		$(BIN)/python -m pytest -q -m "slow or not slow" $(RELIABILITY_TESTS)
 	VOXFLEET_RELIABILITY_LOG=$(abspath $(RELIABILITY_LOG)) $(BIN)/python -m tests.faults.report
 
+# Every benchmark with its defaults, then docs/benchmarks.md rendered from bench/results/*.json.
+# One benchmark: .venv/bin/python -m bench NAME [options]; then .venv/bin/python -m bench.report.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.report
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,6 @@
-"""``python -m bench [NAME ...]``: run benchmarks (all of them by default)."""
+"""``python -m bench [NAME ...] [--option ...]``: run benchmarks. With no names, every one, each
+with the options of the command ``docs/benchmarks.md`` gives for it (``bench.report_text``);
+named ones get the options given here (or their own defaults)."""
 
 from __future__ import annotations
 
@@ -8,22 +10,40 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SKIP = {"harness", "single_process"}
+SKIP = {"harness", "memory", "report", "report_text", "single_process"}  # not benchmarks
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name not in SKIP)
+    modules = pkgutil.iter_modules([str(HERE)])
+    return sorted(m.name for m in modules if m.name not in SKIP and not m.name.startswith("_"))
+
+
+def documented_options(name: str) -> list[str]:
+    """The options of ``name``'s command in the benchmarks reference."""
+    from bench.report_text import TEXT
+
+    words = TEXT[name]["command"].split()
+    if words[:4] != ["python", "-m", "bench", name]:
+        raise ValueError(f"{name}: its documented command is not `python -m bench {name} ...`")
+    return words[4:]
 
 
 def main(argv: list[str]) -> int:
-    names = [a for a in argv if not a.startswith("-")] or available()
+    names = [a for a in argv if not a.startswith("-")]
     options = [a for a in argv if a.startswith("-")]
     unknown = set(names) - set(available())
     if unknown:
         print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; have: {', '.join(available())}")
         return 2
-    for name in names:
-        importlib.import_module(f"bench.{name}").main(options)
+    if not names:
+        runs = [(name, documented_options(name) + options) for name in available()]
+    else:
+        runs = [(name, options) for name in names]
+    from bench import harness
+
+    for name, opts in runs:
+        harness.COMMAND = " ".join(["python -m bench", name, *opts])
+        importlib.import_module(f"bench.{name}").main(opts)
     return 0
 
 

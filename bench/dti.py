@@ -61,7 +61,7 @@ def main(options: list[str]) -> dict[str, Any]:
             serial_stages = serial_reference(root / "in" / "100307", root / "ref")
     stages = outcome.timing["stages_s"]
     overhead = sum(stages.get(k, 0.0) for k in ("cluster_acquire", "cluster_release", "publish"))
-    busy = list(outcome.timing.get("workers_busy_s", {}).values())
+    busy = list(outcome.timing.get("dti_workers_busy_s", {}).values())
     figures = {
         "size": size,
         "speedup_wall": round(ref.wall_s / ours.wall_s, 3),

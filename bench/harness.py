@@ -1,5 +1,6 @@
-"""What every benchmark shares: CPU + wall measurement of a block (including every child
-process it started and reaped: Dask nannies and workers), and writing the results file.
+"""What every benchmark shares: CPU, wall and peak-memory measurement of a block (including
+every child process it started and reaped: Dask nannies and workers), and writing the results
+file.
 
 These machines have 2 noisy virtual cores, so wall speedups swing from run to run; CPU seconds
 (how much extra work the chunking costs) are the steadier figure, and both are reported.
@@ -12,6 +13,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: The command the running benchmark was given (``python -m bench`` sets it per benchmark).
+COMMAND = ""
 
 
 @dataclass
@@ -27,12 +31,16 @@ class Measurement:
     wall_s: float = 0.0
     cpu_s: float = 0.0  # user + system, this process and every reaped descendant
     own_cpu_s: float = 0.0  # this process alone (its threads: a LocalCluster's scheduler, nannies)
+    # The largest PSS of this process and all its descendants at once (shared pages counted
+    # once), sampled every second: the block's peak memory, workers included.
+    peak_pss_bytes: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return {
             "wall_s": round(self.wall_s, 4),
             "cpu_s": round(self.cpu_s, 4),
             "own_cpu_s": round(self.own_cpu_s, 4),
+            "peak_pss_mib": round(self.peak_pss_bytes / 2**20, 1),
         }
 
 
@@ -70,12 +78,17 @@ def measure() -> Iterator[Measurement]:
     """Wall and CPU seconds of the block: this process, every child it reaped during the block,
     and what live children (a forkserver and the workers it reaped) used during it. Close
     clusters inside the block: a worker still running at its end is not counted."""
+    from bench.memory import PeakPss
+
     result = Measurement()
     live0 = _live_children()
     cpu0, own0, wall0 = _cpu_now(), _own_cpu(), time.perf_counter()
+    peak = PeakPss(os.getpid(), interval_s=1.0)
     try:
-        yield result
+        with peak:
+            yield result
     finally:
+        result.peak_pss_bytes = peak.bytes
         result.wall_s = time.perf_counter() - wall0
         reaped = _cpu_now() - cpu0
         live1 = _live_children()
@@ -101,6 +114,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "commit": commit,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": COMMAND or " ".join(["python -m bench", *sys.argv[1:]]),
     }
 
 

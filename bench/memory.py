@@ -1,6 +1,6 @@
 """Peak memory of a process tree, counting shared pages once: the sum of every process's PSS
 (``/proc/PID/smaps_rollup``), sampled in a background thread. Used by the benchmarks and by the
-by-hand runs recorded in docs/benchmarks.md."""
+by-hand runs recorded in docs/benchmarks-history.md."""
 
 from __future__ import annotations
 

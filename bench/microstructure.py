@@ -7,11 +7,12 @@
   level-0 maps saved to Zarr);
 - (b) ``skimage.filters.sato`` at the same sigma(s) in one process (Otsu threshold, then the
   same labels, stats and saving);
-- (c) the reference's chunking: the same job with SC20's 100x128x128 chunks and 32-voxel halo
-  mirrored at the volume faces, each overlapped block filtered whole by ITK's Hessian filter
-  and trimmed (``map_overlap``, as SC20 did), compared with our job under the same conditions
-  (a fresh cluster each, forked from the consumer's warm forkserver). Also reported: SC20's
-  chunks with our filter, which cuts the halo off axis by axis (the chunk choice alone).
+- (c) the reference's chunking (docs/architecture.md, References): the same job with its
+  100x128x128 chunks and 32-voxel halo mirrored at the volume faces, each overlapped block
+  filtered whole by ITK's Hessian filter and trimmed (``map_overlap``, as the reference did),
+  compared with our job under the same conditions (a fresh cluster each, forked from the
+  consumer's warm forkserver). Also reported: the reference's chunks with our filter, which
+  cuts the halo off axis by axis (the chunk choice alone).
 
 (a) and (b) run in fresh processes, so their interpreter start and imports count as ours do
 (our workers import ITK, dask and zarr too). CPU seconds (this process and every reaped child)
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from consumers.runner import Outcome
 
 # voxfleet's packages are imported inside the functions that need them: the workers of (c)
-# import this module for ``sc20_block`` and need nothing else of it.
+# import this module for ``reference_block`` and need nothing else of it.
 
 REFERENCE_CHUNKING = {"chunk_shape": [100, 128, 128], "halo": 32, "boundary": "reflect"}
 
@@ -130,15 +131,15 @@ def _equality(ours: Path, root: Path, halo: int) -> dict[str, Any]:
     }
 
 
-def sc20_block(
+def reference_block(
     block: np.ndarray,
     spec: Any,
     halo: int,
     pad_faces: bool,
     block_info: dict[Any, Any] | None = None,
 ) -> np.ndarray:
-    """SC20's per-block call, for (c): ``map_overlap`` of a function that runs ITK's Hessian
-    filter and the measure over the whole overlapped block; the halo is trimmed afterwards.
+    """The reference's per-block call, for (c): ``map_overlap`` of a function that runs ITK's
+    Hessian filter and the measure over the whole overlapped block; the halo is trimmed after.
     Imported by the workers from this module (the task names it)."""
     from consumers.pipelines.microstructure.objectness import halo_crop
     from consumers.pipelines.microstructure.objectness_itk import objectness_whole
@@ -150,13 +151,15 @@ def sc20_block(
     return np.ascontiguousarray(whole[kept])
 
 
-def _sc20_job(volume: Path, results: Path, params: dict[str, Any]) -> tuple[Outcome, Measurement]:
-    """The job with SC20's chunking and SC20's per-block filter (everything else ours)."""
+def _reference_job(
+    volume: Path, results: Path, params: dict[str, Any]
+) -> tuple[Outcome, Measurement]:
+    """The job with the reference's chunking and per-block filter (everything else ours)."""
     from unittest import mock
 
     from consumers.pipelines.microstructure import pipeline as microstructure
 
-    with mock.patch.object(microstructure, "objectness_block", sc20_block):
+    with mock.patch.object(microstructure, "objectness_block", reference_block):
         return _job(volume, results, params)
 
 
@@ -164,7 +167,10 @@ def _add(total: Measurement | None, one: Measurement) -> Measurement:
     if total is None:
         return one
     return Measurement(
-        total.wall_s + one.wall_s, total.cpu_s + one.cpu_s, total.own_cpu_s + one.own_cpu_s
+        total.wall_s + one.wall_s,
+        total.cpu_s + one.cpu_s,
+        total.own_cpu_s + one.own_cpu_s,
+        max(total.peak_pss_bytes, one.peak_pss_bytes),  # a peak over rounds, not a sum
     )
 
 
@@ -200,7 +206,7 @@ def main(options: list[str]) -> dict[str, Any]:
             "threshold": summary["threshold"]["value"],
         }
         job_params = {"sigmas": sigmas}
-        sc20_params = {"sigmas": sigmas, **REFERENCE_CHUNKING}
+        reference_params = {"sigmas": sigmas, **REFERENCE_CHUNKING}
 
         def timed(kind: str) -> Any:
             def run(r: int) -> tuple[dict[str, Any], Measurement]:
@@ -218,8 +224,10 @@ def main(options: list[str]) -> dict[str, Any]:
             # (c) against ours under the same conditions: each a fresh cluster of a consumer
             # that has run a job before (its forkserver has the imports).
             "fresh": lambda r: _job(volume, root / f"fresh{r}", job_params),
-            "sc20": lambda r: _sc20_job(volume, root / f"sc20_{r}", sc20_params),
-            "sc20_chunks": lambda r: _job(volume, root / f"sc20c{r}", sc20_params),
+            "reference": lambda r: _reference_job(
+                volume, root / f"reference_{r}", reference_params
+            ),
+            "reference_chunks": lambda r: _job(volume, root / f"referencec{r}", reference_params),
         }
         # Rounds in alternating order (forward, then backward): a host that drifts during
         # the run weighs on every contender alike; costs are summed over the rounds.
@@ -236,7 +244,7 @@ def main(options: list[str]) -> dict[str, Any]:
         finally:
             consumer.close()
         warm, itk, sato, fresh, ref, ref_ours = (
-            last[k] for k in ("warm", "itk", "sato", "fresh", "sc20", "sc20_chunks")
+            last[k] for k in ("warm", "itk", "sato", "fresh", "reference", "reference_chunks")
         )
         total = {k: v for k, v in costs.items() if v is not None}
 
@@ -248,7 +256,9 @@ def main(options: list[str]) -> dict[str, Any]:
         sato_dice = _dice(root / "sato_labels.zarr", truth)
 
     def per_round(m: Measurement) -> Measurement:
-        return Measurement(m.wall_s / rounds, m.cpu_s / rounds, m.own_cpu_s / rounds)
+        return Measurement(
+            m.wall_s / rounds, m.cpu_s / rounds, m.own_cpu_s / rounds, m.peak_pss_bytes
+        )
 
     def per_mvox(m: Measurement) -> dict[str, float]:
         return {
@@ -258,21 +268,21 @@ def main(options: list[str]) -> dict[str, Any]:
         }
 
     def filter_cpu(outcome: Outcome) -> float:
-        return float(sum(outcome.timing["vesselness_workers_cpu_s"].values()))
+        return float(sum(outcome.timing["objectness_workers_cpu_s"].values()))
 
     def job(outcome: Outcome, cost: Measurement) -> dict[str, Any]:
         return {
             **per_mvox(cost),
             "filter_cpu_s": round(filter_cpu(outcome), 3),
-            "workers_cpu_s": outcome.timing.get("workers_cpu_s"),
+            "workers_cpu_s": outcome.timing.get("cluster", {}).get("worker_cpu_s"),
             "stages_s": outcome.timing["stages_s"],
             "chunking": outcome.summary["chunking"],
         }
 
     warm_cost = per_round(total["warm"])
     itk_cost, sato_cost = per_round(total["itk"]), per_round(total["sato"])
-    fresh_cost, ref_cost = per_round(total["fresh"]), per_round(total["sc20"])
-    ref_ours_cost = per_round(total["sc20_chunks"])
+    fresh_cost, ref_cost = per_round(total["fresh"]), per_round(total["reference"])
+    ref_ours_cost = per_round(total["reference_chunks"])
     ours_filter = filter_cpu(ours)
     figures: dict[str, Any] = {
         "size": size,
@@ -286,7 +296,7 @@ def main(options: list[str]) -> dict[str, Any]:
         # (c) like for like: both a fresh cluster from the consumer's warm forkserver.
         "ratio_vs_reference_chunking": round(ref_cost.cpu_s / fresh_cost.cpu_s, 3),
         "ratio_vs_reference_chunking_vs_cold": round(ref_cost.cpu_s / ours_cost.cpu_s, 3),
-        # SC20's chunks and halo but our filter (the halo cut off axis by axis): what the
+        # the reference's chunks and halo but our filter (the halo cut off axis by axis): what the
         # chunk choice alone is worth.
         "ratio_vs_reference_chunks_our_filter": round(ref_ours_cost.cpu_s / fresh_cost.cpu_s, 3),
         "mvox_per_cpu_s": round(mvox / ours_cost.cpu_s, 4),
@@ -312,10 +322,10 @@ def main(options: list[str]) -> dict[str, Any]:
         "ours_fresh": {**job(fresh, fresh_cost), "rounds_cpu_s": each["fresh"]},
         "itk_whole": {**per_mvox(itk_cost), **itk, "dice": itk_dice, "rounds_cpu_s": each["itk"]},
         "sato": {**per_mvox(sato_cost), **sato, "dice": sato_dice, "rounds_cpu_s": each["sato"]},
-        "reference_chunking": {**job(ref, ref_cost), "rounds_cpu_s": each["sc20"]},
+        "reference_chunking": {**job(ref, ref_cost), "rounds_cpu_s": each["reference"]},
         "reference_chunks_our_filter": {
             **job(ref_ours, ref_ours_cost),
-            "rounds_cpu_s": each["sc20_chunks"],
+            "rounds_cpu_s": each["reference_chunks"],
         },
         "truth_volume_fraction": round(phantom.volume_fraction, 6),
         "note": "ours (cold) is a consumer's first job: it starts the forkserver (imports) and "

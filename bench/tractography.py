@@ -370,6 +370,7 @@ def _figures(
             "wall_s": round(ref["wall_s"], 4),
             "cpu_s": round(ref["cpu_s"], 4),
             "process_cpu_s": round(ref["process_cpu_s"], 4),
+            "peak_pss_mib": ref["process"]["peak_pss_mib"],
             **ref["host"],
         },
         "stages_s": stages,
@@ -393,8 +394,7 @@ def _figures(
     return figures
 
 
-if __name__ == "__main__":
-    # The child process of _run_reference: subject dir, output dir, report path, dask backends.
+if __name__ == "__main__":  # _run_reference's child: subject, output dir, report, dask backends
     subject_arg, out_arg, report_arg, *dask_backends = sys.argv[1:]
     result = serial_reference(Path(subject_arg), Path(out_arg), dask_backends)
     Path(report_arg).write_text(json.dumps(result))

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from distributed import Client
 
 from cluster.address import AddressBackend
-from cluster.base import ClusterBackend, process_cpu_s
+from cluster.base import ClusterBackend
 from cluster.coiled import CoiledBackend
 from cluster.local import LocalBackend
 from cluster.pool import WarmPool
@@ -28,7 +28,7 @@ from cluster.slurm import SlurmBackend
 from shared.errors import ClusterError, ConfigError
 from shared.jobspec import ClusterSize
 from shared.settings import Settings
-from shared.timing import StageTimer
+from shared.timing import StageTimer, process_cpu_s
 
 _LOCAL = re.compile(r"^local(?::([1-9][0-9]{0,2}))?$")
 

@@ -4,7 +4,6 @@ release, describes the cluster for ``timing.json``, and guarantees teardown."""
 
 from __future__ import annotations
 
-import resource
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -13,6 +12,7 @@ from distributed import Client
 
 from shared.jobspec import ClusterSize
 from shared.settings import Settings
+from shared.timing import process_cpu_s
 
 
 class ClusterBackend(ABC):
@@ -91,12 +91,6 @@ class ClusterBackend(ABC):
                 info["worker_startup_cpu_s"] = _rounded(self.startup_cpu_s)
                 info["worker_cpu_s"] = _rounded(self.client.run(process_cpu_s))
         return info
-
-
-def process_cpu_s() -> float:
-    """User + system CPU seconds of the calling process since it started (runs on workers)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:

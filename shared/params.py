@@ -237,7 +237,7 @@ class MicrostructureParams(PipelineParams):
     boundary: Literal["none", "reflect"] = Field(
         default="none",
         description="Volume faces: 'none' = ITK's own border handling (equals "
-        "a whole-volume call); 'reflect' = mirrored halos (what SC20 did).",
+        "a whole-volume call); 'reflect' = mirrored halos (what the microstructure reference did).",
     )
     voxel_size: tuple[float, float, float] | None = Field(
         default=None,

@@ -1,9 +1,15 @@
-"""Collecting a batch of cluster tasks with no silent loss.
+"""Fanning a stage's parts out over the cluster, with no silent loss and one account of cost.
+
+Every pipeline's parallel stage goes through here: ``worker_count`` and ``part_count`` decide
+how many parts, ``map_scattered`` runs them and returns every result in submission order or
+raises (a job either accounts for every chunk and shard or fails, never publishes a partial
+result), and every task reports one ``TaskStats`` (the worker, wall and CPU seconds), which
+``record_tasks`` writes to the job's ``timing.json`` as ``{stage}_workers_busy_s``,
+``{stage}_workers_cpu_s`` and ``{stage}_tasks``, with the same meaning in every pipeline. Tasks
+dask builds itself (``map_blocks``) report theirs through ``Measured`` and ``collect``.
 
 Every task is submitted with a few immediate retries (Dask reruns a task that raised, on any
-worker). ``gather_all`` then returns every result, in submission order, or raises for the first
-task that still failed, after cancelling the rest: a job either accounts for every chunk and
-shard or fails, never publishes a partial result.
+worker).
 
 What the job-level failure is decides whether the consumer retries the whole job later:
 
@@ -23,12 +29,14 @@ What the job-level failure is decides whether the consumer retries the whole job
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ClusterError, TransientError, VoxfleetError
+from shared.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +60,45 @@ class Refused:
     error: VoxfleetError | None = None
 
 
-def guarded(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Runs on a worker: ``func(*args, **kwargs)``, with a deterministic error as a ``Refused``
-    value (its traceback goes to the worker's log) and the ``RERUN`` kinds raised for Dask."""
+@dataclass(frozen=True)
+class TaskStats:
+    """What one task cost, measured on the worker that ran it.
+
+    ``cpu_s`` is the worker process's CPU time while the task ran: the task's own, plus any
+    threads compiled code started for it (BLAS, ITK; one each on our clusters). With one task
+    thread per worker, the default, that is the task's CPU; with more, tasks running at once
+    on one worker share each other's. ``busy_s`` well above ``cpu_s`` means the task waited:
+    for a core, for the store.
+    """
+
+    worker: str  # the worker's address; "local" outside a cluster
+    busy_s: float  # wall seconds
+    cpu_s: float
+
+
+def _worker_address() -> str:
+    from distributed import get_worker
+
     try:
-        return func(*args, **kwargs)
+        return str(get_worker().address)
+    except ValueError:  # called outside a worker (a notebook, a test)
+        return "local"
+
+
+def measured(func: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, TaskStats]:
+    """``func(*args, **kwargs)`` and what it cost."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    value = func(*args, **kwargs)
+    stats = TaskStats(_worker_address(), time.perf_counter() - t0, time.process_time() - cpu0)
+    return value, stats
+
+
+def guarded(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Runs on a worker: ``func(*args, **kwargs)`` and its ``TaskStats``, with a deterministic
+    error as a ``Refused`` value (its traceback goes to the worker's log) and the ``RERUN``
+    kinds raised for Dask."""
+    try:
+        return measured(func, *args, **kwargs)
     except RERUN:
         raise
     except Exception as exc:
@@ -92,43 +134,87 @@ def classify(exc: BaseException, what: str) -> VoxfleetError:
     return TaskFailed(f"{what} failed on every try: {type(exc).__name__}: {exc}")
 
 
-def gather_all(client: Any, futures: Sequence[Any], labels: Sequence[str]) -> list[Any]:
-    """The results of ``futures`` in order; on the first failure, cancel the others and raise
-    ``classify(...)`` naming the task by its label.
-
-    ``as_completed`` is given ``client``'s loop (here and in ``map_scattered``): by default it
-    waits on the *default* client's, which is whichever Client this process made last. With two
-    (a watcher, a shared cluster's) the futures' events get bound to the other loop, and a
-    result that must be re-gathered after its worker died then fails with "bound to a different
-    event loop" instead of being recomputed.
-    """
-    from distributed import as_completed
-    from distributed.client import FutureCancelledError
-
-    if len(labels) != len(futures):
-        raise ValueError("one label per future")
-    position = {future.key: i for i, future in enumerate(futures)}
-    results: dict[int, Any] = {}
-    try:
-        for future in as_completed(futures, loop=client.loop):
-            i = position[future.key]
-            if future.status == "error":
-                exc = future.exception()
-                raise classify(exc, labels[i]) from exc
-            if future.status == "cancelled":
-                raise ClusterError(f"{labels[i]} was cancelled (the cluster is going away?)")
-            try:
-                results[i] = future.result()
-            except FutureCancelledError:
-                raise ClusterError(f"{labels[i]}: its result was lost with its worker") from None
-    except BaseException:
-        # Stop the rest of the work on a cluster that may outlive this job (a shared one).
-        client.cancel(list(futures))
-        raise
-    return [results[i] for i in range(len(futures))]
-
-
 MAX_ROUNDS = 3  # re-scatters after lost workers before the job gives up on the stage
+
+
+def completed(client: Any, futures: Sequence[Any]) -> Iterator[Any]:
+    """``futures`` as they finish, watched on ``client``'s own loop. Not the default client's:
+    that is whichever Client this process made last, and with two (a watcher, a shared
+    cluster's) the futures' events would be bound to the other loop, so a result re-gathered
+    after its worker died would fail ("bound to a different event loop") instead of being
+    recomputed."""
+    from distributed import as_completed
+
+    return iter(as_completed(futures, loop=client.loop))
+
+
+def worker_count(client: Any) -> int:
+    """Workers on the cluster now (at least 1: an adaptive cluster may have none yet)."""
+    # n_workers=-1: all of them (the default has been capped at a few in some releases).
+    return max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+
+
+def part_count(requested: int | None, per_worker: int, n_workers: int, n_items: int) -> int:
+    """How many parts to cut ``n_items`` into: as requested, else ``per_worker`` per worker (a
+    few each lets a fast worker take over a slow one's share); never more than there are items
+    (an empty part would be a task with nothing to do)."""
+    wanted = requested if requested is not None else per_worker * max(1, n_workers)
+    return max(1, min(wanted, n_items))
+
+
+class Results(list[Any]):
+    """``map_scattered``'s results in submission order, and what each of their tasks cost."""
+
+    def __init__(self, values: Iterable[Any], stats: Iterable[TaskStats]) -> None:
+        super().__init__(values)
+        self.stats = list(stats)
+
+
+def record_tasks(timer: StageTimer, stage: str, stats: Iterable[TaskStats]) -> None:
+    """Add ``stats`` to ``timer`` (and so to ``timing.json``) as per-worker sums:
+    ``{stage}_workers_busy_s``, ``{stage}_workers_cpu_s``, and the count ``{stage}_tasks``."""
+    busy = dict(timer.extra.get(f"{stage}_workers_busy_s", {}))
+    cpu = dict(timer.extra.get(f"{stage}_workers_cpu_s", {}))
+    count = int(timer.extra.get(f"{stage}_tasks", 0))
+    for task in stats:
+        busy[task.worker] = busy.get(task.worker, 0.0) + task.busy_s
+        cpu[task.worker] = cpu.get(task.worker, 0.0) + task.cpu_s
+        count += 1
+    timer.extra[f"{stage}_workers_busy_s"] = {k: round(v, 6) for k, v in sorted(busy.items())}
+    timer.extra[f"{stage}_workers_cpu_s"] = {k: round(v, 6) for k, v in sorted(cpu.items())}
+    timer.extra[f"{stage}_tasks"] = count
+
+
+#: Per worker process: the ``TaskStats`` of ``Measured`` tasks, by log name, until collected.
+_LOGS: dict[str, list[TaskStats]] = {}
+
+
+class Measured:
+    """A task function for graphs dask builds itself (``map_blocks``), where a task cannot
+    return its stats beside its value: it keeps them in its worker's log ``name`` instead, for
+    ``collect``. Picklable by reference; ``inspect.signature`` sees ``func``'s (through
+    ``__wrapped__``), so dask still passes ``block_info`` to a function that takes it."""
+
+    def __init__(self, func: Callable[..., Any], name: str) -> None:
+        self.func = func
+        self.name = name
+        self.__wrapped__ = func
+        self.__name__ = getattr(func, "__name__", "task")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        value, stats = measured(self.func, *args, **kwargs)
+        _LOGS.setdefault(self.name, []).append(stats)
+        return value
+
+
+def _take_log(name: str) -> list[TaskStats]:
+    return _LOGS.pop(name, [])
+
+
+def collect(client: Any, name: str) -> list[TaskStats]:
+    """The stats every worker kept under ``name``, removed from them. A worker that died took
+    its share with it: those tasks ran again elsewhere and are counted there."""
+    return [task for tasks in client.run(_take_log, name).values() for task in tasks]
 
 
 def map_scattered(
@@ -141,8 +227,9 @@ def map_scattered(
     retries: int = TASK_RETRIES,
     scatter_parts: bool = True,
     **kwargs: Any,
-) -> list[Any]:
-    """``func(part, *shared, *args, **kwargs)`` for every part on the cluster; results in order.
+) -> Results:
+    """``func(part, *shared, *args, **kwargs)`` for every part on the cluster; results in order,
+    with each task's ``TaskStats`` (``.stats``).
 
     Each part is scattered once (tasks carry a reference, not a copy); ``shared`` values (large
     arrays every task reads) are sent to every worker once per round. A worker that dies takes
@@ -151,7 +238,7 @@ def map_scattered(
     consumer's copy, with the shared values (Dask's memory manager drops broadcast replicas it
     deems surplus, so the dead worker may have held the only copy), and their tasks resubmitted,
     up to ``MAX_ROUNDS`` times: a lost worker costs a few tasks' time, not the job. Task errors
-    are classified as in ``gather_all``; a deterministic one fails the stage at once, unrerun.
+    are classified by ``classify``; a deterministic one fails the stage at once, unrerun.
 
     Scattering places each part on a worker up front, and its task follows it: the work is
     divided before anyone knows how long each task takes. Where parts are small and task times
@@ -160,12 +247,11 @@ def map_scattered(
     scheduler queues them and hands the next one, in submission order, to whichever worker
     frees up first (greedy list scheduling; largest first if the caller sorts so).
     """
-    from distributed import as_completed
     from distributed.client import FutureCancelledError
 
     if len(labels) != len(parts):
         raise ValueError("one label per part")
-    results: dict[int, Any] = {}
+    results: dict[int, tuple[Any, TaskStats]] = {}
     todo = list(range(len(parts)))
     for _ in range(MAX_ROUNDS):
         # hash=False: unique keys, so two jobs on one long-lived cluster never alias parts.
@@ -188,7 +274,7 @@ def map_scattered(
         index = {future.key: i for future, i in zip(futures, todo, strict=True)}
         lost: list[int] = []
         try:
-            for future in as_completed(futures, loop=client.loop):
+            for future in completed(client, futures):
                 i = index[future.key]
                 if future.status == "cancelled":
                     lost.append(i)
@@ -211,7 +297,8 @@ def map_scattered(
         finally:
             del chosen, remote, common, futures  # release the parts and results on the workers
         if not lost:
-            return [results[i] for i in range(len(parts))]
+            done = [results[i] for i in range(len(parts))]
+            return Results((value for value, _ in done), (stats for _, stats in done))
         todo = sorted(lost)
         log.warning("%d part(s) lost with their worker; scattering them again", len(todo))
     raise ClusterError(

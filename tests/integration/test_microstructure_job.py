@@ -63,9 +63,9 @@ def test_microstructure_job_from_s3_to_ome_zarr(
     assert {k.split("/", 1)[1] for k in job.list(attempt)} == names
 
     timing = json.loads((local / "timing.json").read_text())
-    for stage in ("load", "cluster_acquire", "vesselness", "label", "write", "qc", "publish"):
+    for stage in ("load", "cluster_acquire", "objectness", "label", "write", "qc", "publish"):
         assert stage in timing["stages_s"], stage
-    assert len(timing["vesselness_workers_busy_s"]) == 1  # 64^3: one chunk is cheapest
+    assert len(timing["objectness_workers_busy_s"]) == 1  # 64^3: one chunk is cheapest
 
     stats = json.loads((local / "stats.json").read_text())
     assert stats["threshold"] == {"value": 0.1, "method": "given"}

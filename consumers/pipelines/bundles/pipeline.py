@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.bundles import inputs, recognition
-from consumers.pipelines.fanout import map_scattered
+from consumers.pipelines.fanout import map_scattered, record_tasks
 from shared.errors import InvalidInput
 from shared.manifest import Manifest
 from shared.params import BundlesParams
@@ -143,13 +143,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
             scatter_parts=False,
         )
         del remote
-    busy: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    for r in results:
-        busy[r["worker"]] = busy.get(r["worker"], 0.0) + float(r["busy_s"])
-        cpu[r["worker"]] = cpu.get(r["worker"], 0.0) + float(r["cpu_s"])
-    ctx.timer.extra["recognize_workers_busy_s"] = {k: round(v, 6) for k, v in sorted(busy.items())}
-    ctx.timer.extra["recognize_workers_cpu_s"] = {k: round(v, 6) for k, v in sorted(cpu.items())}
+    record_tasks(ctx.timer, "recognize", results.stats)
 
     uploads: dict[str, Path] = {}
     bundles: list[dict[str, Any]] = []

@@ -18,7 +18,6 @@ subject's tractogram and a few numbers -- never the streamlines themselves.
 from __future__ import annotations
 
 import copy
-import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -135,21 +134,11 @@ def recognize_task(
     model: ModelBundle, recognizer: Any, options: RecognitionOptions
 ) -> dict[str, Any]:
     """Runs on a worker: recognise one model bundle; return its indices and numbers."""
-    from distributed import get_worker
-
-    t0, cpu0 = time.perf_counter(), time.process_time()
     labels, recognized = recognize(recognizer, model, options)
     similarity = shape_similarity(recognized, model, options.seed) if len(labels) else 0.0
-    try:
-        where = str(get_worker().address)
-    except ValueError:  # called outside a worker
-        where = "local"
     return {
         "name": model.name,
         "labels": labels,
         "shape_similarity": similarity,
         "model_streamlines": len(model.streamlines),
-        "busy_s": time.perf_counter() - t0,
-        "cpu_s": time.process_time() - cpu0,
-        "worker": where,
     }

@@ -9,7 +9,6 @@ order and fill a volume that equals ``ConstrainedSphericalDeconvModel(...).fit(d
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +19,9 @@ from dipy.reconst.csdeconv import (
     mask_for_response_ssst,
     response_from_mask_ssst,
 )
-from distributed import get_worker
 from numpy.typing import NDArray
 
-from consumers.pipelines.fanout import map_scattered
+from consumers.pipelines.fanout import TaskStats, map_scattered, part_count, worker_count
 from shared.errors import InvalidInput
 
 CHUNKS_PER_WORKER = 4  # a few per worker: a fast worker takes over a slow one's last share
@@ -110,36 +108,21 @@ def make_model(gtab: Any, response: Response, sh_order_max: int) -> Any:
 
 def fit_chunk(
     chunk: NDArray[np.float32], gtab: Any, response: Response, sh_order_max: int
-) -> tuple[NDArray[np.float64], float, float, str]:
-    """Runs on a worker: the SH coefficients of a (voxels, volumes) chunk, the wall and CPU
-    seconds it took (a wall time well above the CPU time means the worker waited for a core),
-    and where.
+) -> NDArray[np.float64]:
+    """Runs on a worker: the SH coefficients of a (voxels, volumes) chunk.
 
     Module-level so it pickles by reference. The model is rebuilt here (milliseconds) rather
     than shipped: it is a function of the gradient table and the response alone.
     """
-    t0, cpu0 = time.perf_counter(), time.process_time()
     model = make_model(gtab, response, sh_order_max)
-    coeffs = np.asarray(model.fit(chunk).shm_coeff, dtype=np.float64)
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    try:
-        where = str(get_worker().address)
-    except ValueError:  # called outside a worker
-        where = "local"
-    return coeffs, elapsed, cpu, where
-
-
-def chunk_count(requested: int | None, n_workers: int, n_voxels: int) -> int:
-    wanted = requested if requested is not None else CHUNKS_PER_WORKER * max(1, n_workers)
-    return max(1, min(wanted, n_voxels))
+    return np.asarray(model.fit(chunk).shm_coeff, dtype=np.float64)
 
 
 @dataclass
 class CsdFit:
     shm_coeff: NDArray[np.float64]  # (x, y, z, coefficients), zero outside the mask
     chunks: int
-    busy_s: dict[str, float]  # worker address -> seconds spent fitting
-    cpu_s: dict[str, float]  # worker address -> CPU seconds of those fits
+    tasks: list[TaskStats]  # what each chunk's fit cost, and where it ran
 
 
 def fit_csd(
@@ -153,8 +136,7 @@ def fit_csd(
 ) -> CsdFit:
     """CSD of the ``mask`` voxels of ``data`` across the cluster behind ``client``."""
     voxels = data[mask]  # (n_voxels, n_volumes), C order = mask order
-    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
-    n_chunks = chunk_count(chunks, n_workers, voxels.shape[0])
+    n_chunks = part_count(chunks, CHUNKS_PER_WORKER, worker_count(client), len(voxels))
     # array_split spreads the remainder over the first chunks: no voxel is dropped.
     parts = np.array_split(voxels, n_chunks)
     del voxels
@@ -164,11 +146,6 @@ def fit_csd(
     results = map_scattered(client, fit_chunk, parts, gtab, response, sh_order_max, labels=labels)
     del parts
 
-    busy: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    for _, seconds, cpu_seconds, where in results:
-        busy[where] = busy.get(where, 0.0) + float(seconds)
-        cpu[where] = cpu.get(where, 0.0) + float(cpu_seconds)
     shm = np.zeros((*mask.shape, n_coefficients(sh_order_max)), dtype=np.float64)
-    shm[mask] = np.concatenate([r[0] for r in results])
-    return CsdFit(shm, n_chunks, busy, cpu)
+    shm[mask] = np.concatenate(results)
+    return CsdFit(shm, n_chunks, results.stats)

@@ -8,7 +8,6 @@ dependent one), so the chunked result equals a serial fit of the whole volume.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from numpy.typing import NDArray
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.diffusion.hcp import Subject, check_subject, load_subject
-from consumers.pipelines.fanout import map_scattered
+from consumers.pipelines.fanout import map_scattered, part_count, record_tasks, worker_count
 from shared.errors import InvalidInput
 from shared.params import DtiParams
 
@@ -61,31 +60,15 @@ def load(ctx: PipelineContext) -> Subject:
 
 def fit_chunk(
     chunk: NDArray[np.float32], gtab: Any, fit_method: str
-) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]], float, str]:
-    """Runs on a worker: FA and MD of a (voxels, volumes) chunk, the seconds it took, and where.
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]:
+    """Runs on a worker: FA and MD of a (voxels, volumes) chunk.
 
     Module-level so it pickles by reference and workers import it instead of receiving code.
     """
     from dipy.reconst.dti import TensorModel
-    from distributed import get_worker
 
-    t0 = time.perf_counter()
-    model = TensorModel(gtab, fit_method=fit_method)
-    fit = model.fit(chunk)
-    fa, md = np.asarray(fit.fa), np.asarray(fit.md)
-    elapsed = time.perf_counter() - t0
-    try:
-        where = str(get_worker().address)
-    except ValueError:  # called outside a worker (a notebook, a serial fallback)
-        where = "local"
-    return fa, md, elapsed, where
-
-
-def chunk_count(requested: int | None, n_workers: int, n_voxels: int) -> int:
-    """How many chunks: as requested, else a few per worker; never more than there are voxels
-    (an empty chunk would be a task with nothing to do)."""
-    wanted = requested if requested is not None else CHUNKS_PER_WORKER * max(1, n_workers)
-    return max(1, min(wanted, n_voxels))
+    fit = TensorModel(gtab, fit_method=fit_method).fit(chunk)
+    return np.asarray(fit.fa), np.asarray(fit.md)
 
 
 def fit_tensor_values(
@@ -95,9 +78,7 @@ def fit_tensor_values(
     the cluster, and the chunk count. Tractography needs FA at full precision: its stopping
     criterion compares it with a threshold, and so does the serial reference."""
     voxels = subject.data[subject.mask]  # (n_voxels, n_volumes), C order = mask order
-    # n_workers=-1: all workers (the default has been capped at a few in some releases).
-    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
-    n_chunks = chunk_count(params.chunks, n_workers, voxels.shape[0])
+    n_chunks = part_count(params.chunks, CHUNKS_PER_WORKER, worker_count(client), len(voxels))
     # array_split spreads the remainder over the first chunks: no voxel is dropped.
     chunks = np.array_split(voxels, n_chunks)
     del voxels
@@ -111,10 +92,7 @@ def fit_tensor_values(
     )
     del chunks
 
-    busy: dict[str, float] = {}
-    for _, _, seconds, where in results:
-        busy[where] = busy.get(where, 0.0) + float(seconds)
-    ctx.timer.extra["workers_busy_s"] = {k: round(v, 6) for k, v in sorted(busy.items())}
+    record_tasks(ctx.timer, "dti", results.stats)
     ctx.timer.extra["dti_chunks"] = n_chunks
 
     # gather keeps submission order, and the chunks are consecutive runs of mask voxels.

@@ -14,7 +14,6 @@ QC image, a sparse streamline-density map): streamlines never pass through the c
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,11 @@ from dipy.io.utils import Space
 from dipy.tracking.stopping_criterion import ThresholdStoppingCriterion
 from dipy.tracking.tracker import deterministic_tracking, probabilistic_tracking
 from dipy.tracking.utils import seeds_from_mask
-from distributed import get_worker
 from nibabel.streamlines.array_sequence import ArraySequence
 from numpy.typing import NDArray
 
 from consumers.pipelines.diffusion.bounds import EdgeCounts, keep_in_grid
-from consumers.pipelines.fanout import map_scattered
+from consumers.pipelines.fanout import TaskStats, map_scattered
 from shared.params import TractographyParams
 from shared.store import ObjectInfo, ObjectStore
 
@@ -77,11 +75,6 @@ def plan_shards(n_seeds: int, n_shards: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
-
-
-def shard_count(requested: int | None, n_workers: int, n_seeds: int) -> int:
-    wanted = requested if requested is not None else SHARDS_PER_WORKER * max(1, n_workers)
-    return max(1, min(wanted, n_seeds))
 
 
 def shard_key(index: int, output_format: str) -> str:
@@ -198,7 +191,6 @@ def track_shard(
     out: ObjectStore,
 ) -> dict[str, Any]:
     """Runs on a worker: track one shard, save it, put it in the store; return its numbers."""
-    t0, cpu0 = time.perf_counter(), time.process_time()
     streamlines, edges = keep_in_grid(track(part.seeds, sh, fa, affine, options), affine, fa.shape)
     tractogram = StatefulTractogram(streamlines, header, Space.RASMM)
     key = shard_key(part.index, options.output_format)
@@ -209,10 +201,6 @@ def track_shard(
         save_tractogram(tractogram, str(path), bbox_valid_check=True)
         info = out.put_file(key, path)
     density = density_sparse(streamlines, affine, fa.shape) if options.density else None
-    try:
-        where = str(get_worker().address)
-    except ValueError:  # called outside a worker
-        where = "local"
     return {
         "key": info.key,
         "seed_start": part.start,
@@ -221,9 +209,6 @@ def track_shard(
         "edge": edges.as_dict(),
         "bytes": info.bytes,
         "sha256": info.sha256,
-        "busy_s": time.perf_counter() - t0,
-        "cpu_s": time.process_time() - cpu0,
-        "worker": where,
         "density": density,
     }
 
@@ -232,8 +217,7 @@ def track_shard(
 class TrackingResult:
     shards: list[dict[str, Any]]  # key, seed range, streamlines, bytes, sha256: for the manifest
     files: list[ObjectInfo]
-    busy_s: dict[str, float]  # worker address -> seconds spent on shards
-    cpu_s: dict[str, float]  # worker address -> CPU seconds of those shards
+    tasks: list[TaskStats]  # what each shard cost, and where it ran
     density: NDArray[np.int32] | None  # streamlines per voxel, if asked for
 
     @property
@@ -280,16 +264,12 @@ def track_sharded(
         shared=(sh, fa),
     )
 
-    busy: dict[str, float] = {}
-    cpu: dict[str, float] = {}
     density = np.zeros(fa.shape, dtype=np.int32) if options.density else None
     for r in results:
-        busy[r["worker"]] = busy.get(r["worker"], 0.0) + float(r["busy_s"])
-        cpu[r["worker"]] = cpu.get(r["worker"], 0.0) + float(r["cpu_s"])
         if density is not None and r["density"] is not None:
             voxels, counts = r["density"]
             density.ravel()[voxels] += counts.astype(np.int32)
     fields = ("key", "seed_start", "seed_stop", "streamlines", "edge", "bytes", "sha256")
     shards = [{f: r[f] for f in fields} for r in results]
     files = [ObjectInfo(r["key"], int(r["bytes"]), str(r["sha256"])) for r in results]
-    return TrackingResult(shards, files, busy, cpu, density)
+    return TrackingResult(shards, files, results.stats, density)

@@ -1,4 +1,5 @@
-"""The ``tractography`` pipeline: the per-subject job of the first paper.
+"""The ``tractography`` pipeline: the per-subject job of "Tractography with dask" (see the
+references in docs/architecture.md).
 
 HCP-layout subject -> white-matter mask (aparc+aseg labels, or FA) -> tensor FA (the ``dti``
 fit) -> single-fibre response -> CSD fODFs fitted in chunks across the cluster -> seeds in the
@@ -23,6 +24,7 @@ from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.diffusion import csd, qc, tracking, white_matter
 from consumers.pipelines.diffusion.dti import fit_tensor_values, write_nifti
 from consumers.pipelines.diffusion.hcp import APARC_KEY, Subject, check_subject, load_subject
+from consumers.pipelines.fanout import part_count, record_tasks, worker_count
 from shared.errors import InvalidInput, MissingInput
 from shared.params import DtiParams, TractographyParams
 
@@ -92,7 +94,6 @@ def _fa_volume(
 ) -> NDArray[np.float64]:
     dti_params = DtiParams(b0_threshold=params.b0_threshold, qc=False)
     values, _, _ = fit_tensor_values(ctx, subject, client, dti_params)
-    ctx.timer.extra["dti_workers_busy_s"] = ctx.timer.extra.pop("workers_busy_s", {})
     fa = np.zeros(subject.shape, dtype=np.float64)
     # dipy gives NaN FA for a voxel with no usable signal; it stops tracking like FA 0 does.
     fa[subject.mask] = np.nan_to_num(values, nan=0.0)
@@ -109,15 +110,6 @@ def _response(
     return csd.response_from_mask(
         subject.gtab, subject.data, mask & (fa > params.response_fa_thr), params.response_fa_thr
     )
-
-
-def _n_workers(client: Any) -> int:
-    # n_workers=-1: all workers (the default has been capped at a few in some releases).
-    return len(client.scheduler_info(n_workers=-1)["workers"])
-
-
-def _rounded(busy: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 6) for k, v in sorted(busy.items())}
 
 
 def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
@@ -144,14 +136,15 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
             params.csd_chunks,
         )
     ctx.timer.extra["csd_chunks"] = fit.chunks
-    ctx.timer.extra["csd_workers_busy_s"] = _rounded(fit.busy_s)
-    ctx.timer.extra["csd_workers_cpu_s"] = _rounded(fit.cpu_s)
+    record_tasks(ctx.timer, "csd", fit.tasks)
 
     with ctx.timer.stage("tracking"):
         seeds = tracking.make_seeds(mask, subject.affine, params.seeds_per_voxel)
         if len(seeds) == 0:  # unreachable with a non-empty mask; kept as the last line of defence
             raise InvalidInput("no seeds: the white-matter mask is empty")
-        n_shards = tracking.shard_count(params.shards, _n_workers(client), len(seeds))
+        n_shards = part_count(
+            params.shards, tracking.SHARDS_PER_WORKER, worker_count(client), len(seeds)
+        )
         tracked = tracking.track_sharded(
             client,
             seeds,
@@ -165,8 +158,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         )
     del fit  # the largest array of the job (45 float64 per voxel); nothing below needs it
     ctx.timer.extra["shards"] = len(tracked.shards)
-    ctx.timer.extra["tracking_workers_busy_s"] = _rounded(tracked.busy_s)
-    ctx.timer.extra["tracking_workers_cpu_s"] = _rounded(tracked.cpu_s)
+    record_tasks(ctx.timer, "tracking", tracked.tasks)
 
     uploads: dict[str, Path] = {}
     with ctx.timer.stage("write"):

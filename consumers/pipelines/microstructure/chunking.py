@@ -4,9 +4,10 @@ chunks as the workers can use, none bigger than a worker can hold.
 A chunk is computed with ``halo`` voxels of context on each side that has a neighbour
 (``boundary="none"``: at the volume's faces ITK sees the true border, as in a whole-volume call);
 those voxels are computed twice. Along an axis of ``n`` voxels cut into ``k`` chunks the work is
-``n + 2 * halo * (k - 1)``, and the axes multiply. SC20 cut 100x128x128 chunks with a 32-voxel
-halo on every face: 3.7x the useful work. Here a plan may cost at most ``MAX_HALO_OVERHEAD``
-extra when any plan that fits in memory does; among those the one that finishes first on
+``n + 2 * halo * (k - 1)``, and the axes multiply. The microstructure reference (see
+docs/architecture.md) cut 100x128x128 chunks with a 32-voxel halo on every face: 3.7x the
+useful work. Here a plan may cost at most ``MAX_HALO_OVERHEAD`` extra when any plan that fits
+in memory does; among those the one that finishes first on
 ``n_workers`` wins (equal chunks, so a round of tasks per worker).
 
 Compute chunks are whole multiples of the output's storage chunk along every axis, so each

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ import numpy as np
 import ome_zarr.writer  # noqa: F401 - for ngff.create, here: the workers never import it
 from dask.delayed import delayed
 from dask_image import ndmeasure
-from distributed import get_task_stream, wait
+from distributed import wait
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
+from consumers.pipelines.fanout import Measured, collect, record_tasks, worker_count
 from consumers.pipelines.microstructure import fiberstats, ngff, qc
 from consumers.pipelines.microstructure.blocks import objectness_block
 from consumers.pipelines.microstructure.chunking import ChunkPlan, plan_chunks, task_voxel_budget
@@ -36,7 +38,6 @@ from consumers.pipelines.microstructure.zarrstore import ObjectZarrStore
 from shared.errors import InvalidInput
 from shared.params import MicrostructureParams
 from shared.store import ObjectInfo
-from shared.timing import process_cpu_s
 
 #: Imported on every worker while the cluster starts. ``objectness_itk`` loads ITK's wrappers
 #: and sets one ITK thread per worker process; the label graph is dask-image's.
@@ -110,31 +111,11 @@ def load(ctx: PipelineContext) -> Loaded:
     return Loaded(volume, spec, gamma)
 
 
-def _workers(client: Any) -> tuple[int, int | None]:
+def _memory_limit(client: Any) -> int | None:
+    """The smallest worker's memory limit, if the workers have one."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
     limits = [w.get("memory_limit") or 0 for w in workers.values()]
-    return max(1, len(workers)), (min(limits) or None) if limits else None
-
-
-def _busy(stream: Any, part_of_key: str) -> dict[str, float]:
-    """Seconds each worker spent computing tasks whose key contains ``part_of_key``."""
-    busy: dict[str, float] = {}
-    for task in stream.data:
-        if part_of_key not in str(task.get("key", "")):
-            continue
-        for part in task.get("startstops", ()):
-            if part.get("action") == "compute":
-                where = str(task.get("worker", "?"))
-                busy[where] = busy.get(where, 0.0) + part["stop"] - part["start"]
-    return {k: round(v, 6) for k, v in sorted(busy.items())}
-
-
-def _workers_cpu(client: Any) -> dict[str, float]:
-    return {str(k): float(v) for k, v in client.run(process_cpu_s).items()}
-
-
-def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: round(after[k] - before.get(k, 0.0), 6) for k in sorted(after)}
+    return (min(limits) or None) if limits else None
 
 
 def _raise_task_errors(collection: Any) -> None:
@@ -161,10 +142,11 @@ def _cores(
     )
 
 
-def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: Any) -> da.Array:
+def _filter(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: Any) -> da.Array:
+    """The objectness of the whole volume, chunk by chunk, persisted on the workers."""
     source = da.from_zarr(loaded.volume.array, chunks=plan.dask_chunks)
-    cpu0 = _workers_cpu(client)
-    with ctx.timer.stage("vesselness"), get_task_stream(client) as stream:
+    log = f"objectness-{uuid.uuid4()}"  # this job's task stats, on a cluster others may share
+    with ctx.timer.stage("objectness"):
         # overlap + map_blocks rather than map_overlap: each task returns its chunk without
         # the halo, so the halo only feeds the Gaussian passes along its own axis (needed);
         # the other passes and the objectness never see it.
@@ -173,7 +155,7 @@ def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: A
         )
         pad_faces = plan.boundary == "reflect"
         lazy = padded.map_blocks(
-            objectness_block,
+            Measured(objectness_block, log),
             chunks=_cores(padded.chunks, plan.halo, pad_faces),
             dtype=np.float32,
             meta=np.empty((0, 0, 0), dtype=np.float32),
@@ -184,19 +166,18 @@ def _objectness(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: A
         )
         # A no-op unless overlap() merged chunks smaller than the halo: the writes need the
         # plan's chunks, whole multiples of the storage chunk.
-        vessel: da.Array = client.persist(lazy.rechunk(plan.dask_chunks))
-        wait(vessel)
-        _raise_task_errors(vessel)
-    ctx.timer.extra["vesselness_workers_busy_s"] = _busy(stream, "objectness")
-    ctx.timer.extra["vesselness_workers_cpu_s"] = _cpu_delta(cpu0, _workers_cpu(client))
-    return vessel
+        objectness: da.Array = client.persist(lazy.rechunk(plan.dask_chunks))
+        wait(objectness)
+        _raise_task_errors(objectness)
+    record_tasks(ctx.timer, "objectness", collect(client, log))
+    return objectness
 
 
-def _threshold(vessel: da.Array, params: MicrostructureParams, client: Any) -> dict[str, Any]:
+def _threshold(objectness: da.Array, params: MicrostructureParams, client: Any) -> dict[str, Any]:
     if params.threshold != "otsu":
         return {"value": float(params.threshold), "method": "given"}
-    stride = max(1, math.ceil((math.prod(vessel.shape) / OTSU_SAMPLE_VOXELS) ** (1 / 3)))
-    sample = client.compute(vessel[::stride, ::stride, ::stride]).result()
+    stride = max(1, math.ceil((math.prod(objectness.shape) / OTSU_SAMPLE_VOXELS) ** (1 / 3)))
+    sample = client.compute(objectness[::stride, ::stride, ::stride]).result()
     return {
         "value": fiberstats.otsu(sample, (0.0, 1.0)),
         "method": "otsu",
@@ -220,7 +201,7 @@ def _moments(labels: da.Array, n_labels: int, client: Any) -> np.ndarray:
 def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     params = ctx.params(MicrostructureParams)
     volume = loaded.volume
-    n_workers, memory = _workers(client)
+    n_workers, memory = worker_count(client), _memory_limit(client)
     halo = params.halo if params.halo is not None else loaded.spec.halo
     plan = plan_chunks(
         volume.shape,
@@ -230,13 +211,12 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         requested=params.chunk_shape,
         boundary=params.boundary,
     )
-    start_cpu = _workers_cpu(client)
-    vessel = _objectness(ctx, loaded, plan, client)
+    objectness = _filter(ctx, loaded, plan, client)
 
     with ctx.timer.stage("threshold"):
-        threshold = _threshold(vessel, params, client)
+        threshold = _threshold(objectness, params, client)
     with ctx.timer.stage("label"):
-        labels, _ = ndmeasure.label(vessel > threshold["value"])
+        labels, _ = ndmeasure.label(objectness > threshold["value"])
         labels = client.persist(labels.astype(np.uint32))
         wait(labels)
         _raise_task_errors(labels)
@@ -251,7 +231,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
             with_orientation=params.orientation,
         )
     with ctx.timer.stage("write"):
-        files, levels = _write_ngff(ctx, volume, plan, vessel, labels, client)
+        files, levels = _write_ngff(ctx, volume, plan, objectness, labels, client)
 
     summary: dict[str, Any] = {
         "shape": list(volume.shape),
@@ -277,7 +257,6 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     if params.qc:
         with ctx.timer.stage("qc"):
             uploads["qc/fibers.png"] = _qc(ctx, volume, labels, stats, threshold, client)
-    ctx.timer.extra["workers_cpu_s"] = _cpu_delta(start_cpu, _workers_cpu(client))
     return PipelineResult(files=files, uploads=uploads, summary=summary)
 
 
@@ -285,7 +264,7 @@ def _write_ngff(
     ctx: PipelineContext,
     volume: Volume,
     plan: ChunkPlan,
-    vessel: da.Array,
+    objectness: da.Array,
     labels: da.Array,
     client: Any,
 ) -> tuple[list[ObjectInfo], list[ngff.Level]]:
@@ -303,7 +282,7 @@ def _write_ngff(
         label_name=LABEL_NAME,
     )
     tasks = [
-        *ngff.write_tasks(vessel, image_arrays, levels, "mean"),
+        *ngff.write_tasks(objectness, image_arrays, levels, "mean"),
         *ngff.write_tasks(labels, label_arrays, levels, "nearest"),
     ]
     written = [info for part in client.gather(client.compute(tasks)) for info in part]
@@ -323,7 +302,7 @@ def _qc(
     threshold: dict[str, Any],
     client: Any,
 ) -> Path:
-    mz, my, mx = qc.mid_slices(volume.shape)
+    mz, my, mx = qc.middle_indices(volume.shape)
     source = da.from_zarr(volume.array)
     slices = [
         source[mz],

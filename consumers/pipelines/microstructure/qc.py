@@ -18,7 +18,8 @@ _PALETTE = ListedColormap(
 )
 
 
-def mid_slices(volume_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+def middle_indices(volume_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The index of the middle plane along each axis (z, y, x): where the QC views cut."""
     return (volume_shape[0] // 2, volume_shape[1] // 2, volume_shape[2] // 2)
 
 

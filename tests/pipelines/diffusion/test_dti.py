@@ -59,7 +59,7 @@ def test_chunked_fit_equals_serial_fit(
     assert result.summary["chunks"] == expected_chunks
     assert result.summary["voxels"] == n_vox
     assert ctx.timer.extra["dti_chunks"] == expected_chunks
-    busy = ctx.timer.extra["workers_busy_s"]
+    busy = ctx.timer.extra["dti_workers_busy_s"]
     assert busy and all(addr.startswith("tcp://") and s >= 0 for addr, s in busy.items())
 
 

@@ -144,9 +144,9 @@ def test_summary_timing_and_stats_file(chunked: Run) -> None:
     assert len(summary["gamma"]["sample"]["boxes_zyx"]) == 8
     assert summary["chunking"]["halo_overhead"] == pytest.approx((132 / 96) ** 3 - 1, abs=1e-6)
     stages = chunked.ctx.timer.as_dict()["stages_s"]
-    for stage in ("load", "vesselness", "threshold", "label", "stats", "write", "qc"):
+    for stage in ("load", "objectness", "threshold", "label", "stats", "write", "qc"):
         assert stage in stages
-    busy = chunked.ctx.timer.extra["vesselness_workers_busy_s"]
+    busy = chunked.ctx.timer.extra["objectness_workers_busy_s"]
     assert len(busy) == 2 and all(v > 0 for v in busy.values())
     stats = json.loads(chunked.result.uploads["stats.json"].read_text())
     hist = stats["statistics"]["size_histogram_voxels"]
@@ -338,12 +338,12 @@ def test_chunk_plans_keep_the_halo_cheap_and_aligned() -> None:
     assert single.n_chunks == 1  # two slabs would cost 14%
     small = plan_chunks((384, 384, 384), 18, n_workers=2, max_task_voxels=5_000_000)
     assert small.largest_task_voxels <= 5_000_000 and small.overhead > 0.10  # memory first
-    sc20 = plan_chunks(
+    reference = plan_chunks(
         (384, 384, 384), 32, n_workers=2, max_task_voxels=10**9, requested=(100, 128, 128),
         boundary="reflect",
     )  # fmt: skip
-    assert sc20.computed_voxels / 384**3 == pytest.approx(3.75)
-    assert sc20.storage == (50, 64, 64)
+    assert reference.computed_voxels / 384**3 == pytest.approx(3.75)
+    assert reference.storage == (50, 64, 64)
     tail = plan_chunks(
         (200, 64, 64), 18, n_workers=1, max_task_voxels=10**9, requested=(64, 64, 64)
     )

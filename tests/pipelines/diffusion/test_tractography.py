@@ -27,7 +27,7 @@ from matplotlib.image import imread
 from consumers.pipelines import PIPELINES
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.diffusion import csd, tracking, tractography
-from consumers.pipelines.fanout import TaskFailed
+from consumers.pipelines.fanout import TaskFailed, part_count
 from producer.synth.hcp import write_subject
 from shared.errors import InvalidInput, MissingInput, TransientError
 from shared.jobspec import JobSpec
@@ -189,7 +189,9 @@ def test_chunked_csd_equals_serial_dipy(
     assert fit.shm_coeff.shape == (*subject.shape, 45)
     assert np.count_nonzero(np.abs(fit.shm_coeff[wm]).sum(axis=1)) == int(wm.sum())
     assert fit.chunks == (7 if chunks == 7 else 8)
-    assert set(fit.busy_s) == set(dask_client.scheduler_info(n_workers=-1)["workers"])
+    assert {task.worker for task in fit.tasks} == set(
+        dask_client.scheduler_info(n_workers=-1)["workers"]
+    )
 
 
 def test_job_equals_serial_dipy_pipeline(
@@ -260,8 +262,8 @@ def test_every_seed_in_exactly_one_shard() -> None:
         # Same split as np.array_split, the documented rule.
         expected = [len(p) for p in np.array_split(np.arange(n_seeds), len(bounds))]
         assert sizes == expected
-    assert tracking.shard_count(None, 2, 10_000) == 2 * tracking.SHARDS_PER_WORKER
-    assert tracking.shard_count(50, 2, 10) == 10
+    assert part_count(None, tracking.SHARDS_PER_WORKER, 2, 10_000) == 2 * tracking.SHARDS_PER_WORKER
+    assert part_count(50, tracking.SHARDS_PER_WORKER, 2, 10) == 10
 
 
 @pytest.mark.parametrize(
