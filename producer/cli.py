@@ -26,7 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 synth_app = typer.Typer(
-    help="Generate synthetic inputs (HCP-layout subjects, fiber phantoms).", no_args_is_help=True
+    help="Generate synthetic inputs (HCP, BIDS, QSIPrep subjects; fiber phantoms).",
+    no_args_is_help=True,
 )
 app.add_typer(synth_app, name="synth")
 app.add_typer(campaign_app, name="campaign")
@@ -174,6 +175,47 @@ def synth_hcp(
         f"wrote {len(ids)} subject(s) to {store.uri}: {', '.join(ids[:5])}"
         + (" ..." if len(ids) > 5 else "")
     )
+
+
+@synth_app.command("bids")
+@friendly
+def synth_bids(
+    uri: Annotated[str, typer.Argument(help="The dataset's root: a path or s3://bucket/prefix.")],
+    subjects: Annotated[
+        int, typer.Option(min=1, max=100_000, help="How many subjects (sub-01, sub-02, ...).")
+    ] = 1,
+    sessions: Annotated[
+        int, typer.Option(min=0, max=99, help="Sessions per subject (0: no ses- level).")
+    ] = 0,
+    runs: Annotated[int, typer.Option(min=1, max=99, help="DWI runs per session.")] = 1,
+    layout: Annotated[
+        str, typer.Option(help="bids (raw BIDS) | qsiprep (QSIPrep derivatives).")
+    ] = "bids",
+    multishell: Annotated[
+        bool, typer.Option(help="b=1000 and b=2000 shells instead of b=1000 alone.")
+    ] = False,
+    size: Annotated[str, typer.Option(help="small | medium | hcp.")] = "small",
+    seed: Annotated[int, typer.Option(help="Cohort seed; with a label it fixes a subject.")] = 0,
+) -> None:
+    """Write synthetic subjects (the `synth hcp` brains) as raw BIDS or QSIPrep derivatives."""
+    from rich.progress import Progress
+
+    from producer.synth.bids import numbered_subjects, write_bids
+    from shared.store import open_store
+
+    store = open_store(uri, get_settings())
+    cohort = numbered_subjects(subjects, sessions, runs, multishell=multishell)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"writing {subjects} {size} subject(s)", total=subjects)
+        keys = write_bids(
+            store,
+            cohort,
+            size,
+            layout=layout,  # type: ignore[arg-type]  # write_bids checks it
+            seed=seed,
+            progress=lambda n: progress.update(task, completed=n),
+        )
+    console.print(f"wrote {len(cohort)} subject(s), {len(keys)} DWI series, to {store.uri}")
 
 
 @synth_app.command("fibers")

@@ -7,13 +7,73 @@ chain (env, profile, instance role), so they never pass through our objects, log
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import re
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.checks import shown
+from shared.errors import ConfigError
 
 GIB = 1024**3
+# Bucket names as S3 has allowed them (legacy us-east-1 buckets may hold capitals and '_').
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+class S3Source(BaseModel):
+    """How to reach one URI prefix (an entry of ``VOXFLEET_S3_SOURCES``).
+
+    Unset fields do not inherit the global endpoint: a public dataset is on AWS even when the
+    lab's own results live on a MinIO named by ``VOXFLEET_S3_ENDPOINT_URL``. Credentials are a
+    named AWS profile, never keys in settings (the same rule as the default chain, above).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    anonymous: bool = Field(
+        default=False, description="Unsigned requests (a public bucket); the source is read-only."
+    )
+    endpoint_url: str | None = Field(default=None, description="None means AWS S3.")
+    region: str | None = Field(default=None, description="None means VOXFLEET_S3_REGION.")
+    profile: str | None = Field(
+        default=None, description="AWS profile (shared config/credentials files) to sign with."
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("endpoint_url must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _unsigned_or_signed(self) -> S3Source:
+        if self.anonymous and self.profile is not None:
+            raise ValueError("an anonymous source sends unsigned requests: it takes no profile")
+        return self
+
+
+def _source_prefix(key: str) -> str:
+    """``s3://bucket[/path]`` without a trailing slash, so that matching is by whole components."""
+    if not key.startswith("s3://"):
+        raise ValueError(f"source {shown(key)} must start with s3://")
+    bucket, *path = key.removeprefix("s3://").rstrip("/").split("/")
+    if not _BUCKET.match(bucket):
+        raise ValueError(f"source {shown(key)} does not name a bucket")
+    if any(part in ("", ".", "..") for part in path):
+        raise ValueError(f"source {shown(key)} has an empty, '.' or '..' path component")
+    return "s3://" + "/".join([bucket, *path])
 
 
 class Settings(BaseSettings):
@@ -38,6 +98,13 @@ class Settings(BaseSettings):
     )
     s3_multipart_threshold: int = Field(
         default=64 * 1024**2, description="Above this size uploads go multipart (parallel parts)."
+    )
+    # Inputs often sit in public buckets (OpenNeuro, HBN) read without credentials, while
+    # results go to the lab's bucket with its own; one endpoint and one chain cannot say both.
+    s3_sources: Annotated[dict[str, S3Source], NoDecode] = Field(
+        default_factory=dict,
+        description="JSON: URI prefix -> S3Source (anonymous, endpoint_url, region, profile); "
+        "the longest prefix wins, whole path components; no match = the settings above.",
     )
 
     # Compute.
@@ -155,6 +222,40 @@ class Settings(BaseSettings):
         "fraction of the brain's samples means broken data, and the job fails.",
     )
 
+    @field_validator("s3_sources", mode="before")
+    @classmethod
+    def _sources_json(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+
+    @field_validator("s3_sources")
+    @classmethod
+    def _sources_prefixes(cls, value: dict[str, S3Source]) -> dict[str, S3Source]:
+        sources: dict[str, S3Source] = {}
+        for key, source in value.items():
+            prefix = _source_prefix(key)
+            if prefix in sources:
+                raise ValueError(f"source {shown(key)} is given twice")
+            sources[prefix] = source
+        return sources
+
+    def s3_source(self, uri: str) -> S3Source:
+        """How to reach ``uri``: the longest ``s3_sources`` prefix it lies under (whole path
+        components: ``s3://open`` is not a prefix of ``s3://openneuro.org``), or else the global
+        endpoint and region with the default credential chain."""
+        uri = uri.rstrip("/")
+        matches = [p for p in self.s3_sources if uri == p or uri.startswith(p + "/")]
+        if not matches:  # the global endpoint was never held to a source's checks
+            return S3Source.model_construct(
+                endpoint_url=self.s3_endpoint_url, region=self.s3_region
+            )
+        source = self.s3_sources[max(matches, key=len)]
+        return source if source.region else source.model_copy(update={"region": self.s3_region})
+
 
 def redacted(url: str) -> str:
     """``url`` fit to print: any password replaced by ``***`` (the user name stays, it is how
@@ -170,6 +271,21 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def read_settings() -> Settings:
+    """Settings from the environment; a bad value is one ``ConfigError`` line naming its
+    variable (pydantic's own report spans lines, and would reach a log as several)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors()[:3]:
+            field, *inner = err["loc"] or ("settings",)
+            where = f"VOXFLEET_{str(field).upper()}" + "".join(f"[{p!r}]" for p in inner)
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        more = len(exc.errors()) - 3
+        raise ConfigError("; ".join(parts) + (f" (+{more} more)" if more > 0 else "")) from None
+
+
 _active: Settings | None = None
 
 
@@ -181,7 +297,7 @@ def get_settings() -> Settings:
     """
     global _active
     if _active is None:
-        _active = Settings()
+        _active = read_settings()
     return _active
 
 

@@ -29,11 +29,12 @@ LAS and avoid the question, but these are RAS+ by design.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import io
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,7 @@ class Phantom:
     def __init__(self, size: str, seed: int) -> None:
         self.spec = get_spec(size)
         self.seed = _check_seed(seed)
+        self.noise_seed = self.seed
         self.anatomy = Anatomy.from_seed(self.seed)
         spec = self.spec
         self.bvals, self.bvecs = gradient_scheme(spec.shells, spec.dirs_per_shell, spec.n_b0)
@@ -208,8 +210,15 @@ class Phantom:
     def n_volumes(self) -> int:
         return int(self.bvals.shape[0])
 
+    def with_noise(self, noise_seed: int) -> Phantom:
+        """The same brain with other noise: another acquisition of the same subject, without
+        evaluating the anatomy again (the arrays are shared, never written to)."""
+        other = copy.copy(self)
+        other.noise_seed = _check_seed(noise_seed)
+        return other
+
     def volume(self, n: int) -> F32:
-        """Volume ``n``, flat in Fortran order, with Rician noise seeded by (seed, n)."""
+        """Volume ``n``, flat in Fortran order, with Rician noise seeded by (noise seed, n)."""
         b = np.float32(self.bvals[n])
         g = self.bvecs[:, n].astype(np.float32)
         c = self._compact
@@ -221,7 +230,7 @@ class Phantom:
             signal += np.float32(S0[tissue] * np.exp(-float(b) * D_ISO[tissue])) * c[tissue]
         full = np.zeros(int(np.prod(self.spec.shape)), dtype=np.float32)
         full[self._idx] = signal
-        rng = np.random.default_rng([self.seed, 1, n])
+        rng = np.random.default_rng([self.noise_seed, 1, n])
         real = rng.standard_normal(full.shape, dtype=np.float32)
         real *= np.float32(SIGMA)
         real += full
@@ -247,9 +256,9 @@ class Phantom:
             "sigma": np.asarray(SIGMA, dtype=np.float32),
         }
 
-    def data_header(self) -> nib.Nifti1Header:
+    def data_header(self, n_volumes: int | None = None) -> nib.Nifti1Header:
         hdr = _header(self.spec.dwi_affine, np.float32)
-        hdr.set_data_shape((*self.spec.shape, self.n_volumes))
+        hdr.set_data_shape((*self.spec.shape, self.n_volumes if n_volumes is None else n_volumes))
         hdr.set_zooms((*(self.spec.voxel_mm,) * 3, TR_S))
         hdr["descrip"] = f"voxfleet synthetic HCP-like dMRI seed={self.seed}"[:80].encode()
         return hdr
@@ -282,16 +291,23 @@ def _header(affine: F64, dtype: type[np.generic]) -> nib.Nifti1Header:
     return hdr
 
 
-def _nifti_gz(arr: npt.NDArray[Any], affine: F64) -> bytes:
+def nifti_gz(arr: npt.NDArray[Any], affine: F64) -> bytes:
     img = nib.Nifti1Image(arr, affine, header=_header(affine, arr.dtype.type))
     return gzip.compress(img.to_bytes(), compresslevel=_SMALL_GZ_LEVEL, mtime=0)
 
 
-def _stream_series(ph: Phantom, path: Path) -> None:
-    """Header, then each volume as it is made. zlib releases the GIL, so one thread compresses
-    volume n while this one computes volume n + 1."""
-    header = io.BytesIO()
-    ph.data_header().write_to(header)
+def stream_series(
+    ph: Phantom,
+    path: Path,
+    volumes: Sequence[int] | None = None,
+    header: nib.Nifti1Header | None = None,
+) -> None:
+    """Header, then each volume as it is made (all of them, or ``volumes`` in that order, under
+    ``header``, by default ``ph.data_header`` for that many). zlib releases the GIL, so one thread
+    compresses volume n while this one computes volume n + 1."""
+    order = range(ph.n_volumes) if volumes is None else volumes
+    header_bytes = io.BytesIO()
+    (ph.data_header(len(order)) if header is None else header).write_to(header_bytes)
     # wbits 31: a gzip container with mtime 0 and no file name, so output is reproducible.
     comp = zlib.compressobj(6, zlib.DEFLATED, 31, 9, zlib.Z_HUFFMAN_ONLY)
     with (
@@ -302,9 +318,9 @@ def _stream_series(ph: Phantom, path: Path) -> None:
         def put(chunk: memoryview) -> None:
             raw.write(comp.compress(chunk))
 
-        put(header.getbuffer())
+        put(header_bytes.getbuffer())
         pending: Future[None] | None = None
-        for n in range(ph.n_volumes):
+        for n in order:
             vol = ph.volume(n)
             if pending is not None:
                 pending.result()
@@ -314,7 +330,7 @@ def _stream_series(ph: Phantom, path: Path) -> None:
         raw.write(comp.flush())
 
 
-def _format_line(values: F64, fmt: str) -> bytes:
+def format_line(values: F64, fmt: str) -> bytes:
     return (" ".join(format(float(v), fmt) for v in values) + "\n").encode()
 
 
@@ -328,14 +344,14 @@ def write_subject(
     infos: list[ObjectInfo] = []
     with tempfile.TemporaryDirectory(prefix="voxfleet-synth-") as tmp:
         path = Path(tmp) / "data.nii.gz"
-        _stream_series(ph, path)
+        stream_series(ph, path)
         infos.append(store.put_file(f"{base}/Diffusion/data.nii.gz", path))
-    infos.append(store.put_bytes(f"{base}/Diffusion/bvals", _format_line(ph.bvals, ".0f")))
-    bvecs = b"".join(_format_line(row, ".6f") for row in ph.bvecs)
+    infos.append(store.put_bytes(f"{base}/Diffusion/bvals", format_line(ph.bvals, ".0f")))
+    bvecs = b"".join(format_line(row, ".6f") for row in ph.bvecs)
     infos.append(store.put_bytes(f"{base}/Diffusion/bvecs", bvecs))
-    mask = _nifti_gz(ph.brain_mask, ph.spec.dwi_affine)
+    mask = nifti_gz(ph.brain_mask, ph.spec.dwi_affine)
     infos.append(store.put_bytes(f"{base}/Diffusion/nodif_brain_mask.nii.gz", mask))
-    aparc = _nifti_gz(make_aparc(ph.anatomy, ph.spec), ph.spec.t1_affine)
+    aparc = nifti_gz(make_aparc(ph.anatomy, ph.spec), ph.spec.t1_affine)
     infos.append(store.put_bytes(f"{base}/aparc+aseg.nii.gz", aparc))
     return infos
 

@@ -1,4 +1,9 @@
-"""Stores on S3 (or MinIO / a test server through ``VOXFLEET_S3_ENDPOINT_URL``), via boto3."""
+"""Stores on S3 (or MinIO / a test server through ``VOXFLEET_S3_ENDPOINT_URL``), via boto3.
+
+Each store reaches its bucket as ``VOXFLEET_S3_SOURCES`` says for its URI (``Settings.s3_source``):
+its own endpoint, region and AWS profile, or unsigned requests for a public bucket, which makes
+the store read-only.
+"""
 
 from __future__ import annotations
 
@@ -85,11 +90,16 @@ class S3Store(ObjectStore):
     def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.endpoint_url = settings.s3_endpoint_url
-        self.region = settings.s3_region
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        # Chosen once, for the root: children and the copies pickled to Dask workers reach S3
+        # the same way as the store they came from.
+        source = settings.s3_source(self.uri)
+        self.endpoint_url = source.endpoint_url
+        self.region = source.region
+        self.profile = source.profile
+        self.anonymous = source.anonymous
         self.max_attempts = settings.s3_max_attempts
         self.multipart_threshold = settings.s3_multipart_threshold
-        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._client: S3Client | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -101,20 +111,42 @@ class S3Store(ObjectStore):
     def client(self) -> S3Client:
         if self._client is None:
             import boto3
+            import botocore
             from botocore.config import Config
+            from botocore.exceptions import ProfileNotFound
 
-            self._client = boto3.client(
-                "s3",
-                endpoint_url=self.endpoint_url,
-                region_name=self.region,
-                config=Config(
-                    retries={"mode": "standard", "max_attempts": self.max_attempts},
-                    s3={"addressing_style": "path"} if self.endpoint_url else None,
-                    connect_timeout=10,
-                    read_timeout=120,
-                ),
+            config = Config(
+                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                s3={"addressing_style": "path"} if self.endpoint_url else None,
+                connect_timeout=10,
+                read_timeout=120,
+                # Unsigned: botocore then looks for no credentials at all, so a machine with
+                # none reads the bucket, and so does one whose keys AWS would refuse (a MinIO's).
+                signature_version=botocore.UNSIGNED if self.anonymous else None,
             )
+            try:
+                make = (
+                    boto3.session.Session(profile_name=self.profile).client
+                    if self.profile
+                    else boto3.client
+                )
+                self._client = make(
+                    "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
+                )
+            except ProfileNotFound:
+                raise PermanentStoreError(
+                    f"no AWS profile {self.profile!r} for {self.uri} (VOXFLEET_S3_SOURCES)"
+                ) from None
         return self._client
+
+    def _writable(self, what: str) -> None:
+        # Refused here, before any request: a public source is for reading inputs, and S3's own
+        # answer to an unsigned write is worse (a bare AccessDenied after the job's work, or,
+        # from a world-writable bucket, success).
+        if self.anonymous:
+            raise PermanentStoreError(
+                f"cannot write {what}: an anonymous source in VOXFLEET_S3_SOURCES is read-only"
+            )
 
     def _transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig
@@ -135,6 +167,7 @@ class S3Store(ObjectStore):
         return join(self.prefix, safe_key(key))
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        self._writable(self.uri_for(key))
         with _s3_errors(self.uri_for(key)):
             if len(data) > self.multipart_threshold:
                 self.client.upload_fileobj(
@@ -145,6 +178,7 @@ class S3Store(ObjectStore):
         return ObjectInfo(safe_key(key), len(data), sha256_bytes(data))
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
+        self._writable(self.uri_for(key))
         with _s3_errors(self.uri_for(key)):
             self.client.upload_file(
                 str(path), self.bucket, self._key(key), Config=self._transfer_config()
@@ -208,6 +242,7 @@ class S3Store(ObjectStore):
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
+        self._writable(self.uri_for(key))
         try:
             with _s3_errors(self.uri_for(key)):
                 try:
@@ -231,6 +266,7 @@ class S3Store(ObjectStore):
         # Never "" (everything below the store, a whole bucket for a bucket-root store), and
         # nothing outside it: the same rule as every other key, as on disk.
         prefix = safe_key(prefix)
+        self._writable(f"s3://{self.bucket}/{join(self.prefix, prefix)}")
         keys = [self._key(k) for k in self.list(prefix)]
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]

@@ -152,6 +152,20 @@ def _checked_shape(
     return shape
 
 
+def _checked_geometry(key: str, header: Any) -> None:
+    """Refuse a header whose grid is not a grid: voxel sizes (``pixdim``) zero, negative or
+    not finite, or an affine that maps the voxels onto a plane. nibabel only warns about
+    the first and loads such a file with 1 mm guessed in; every distance, step size and
+    streamline length computed from it would be silently wrong."""
+    pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    if not np.isfinite(pixdim).all() or (pixdim <= 0).any():
+        sizes = ", ".join(f"{v:g}" for v in pixdim)
+        raise InvalidInput(f"{key} has voxel sizes {sizes} (pixdim); each must be above 0")
+    affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InvalidInput(f"{key} has a singular affine (its voxels map onto a plane or a line)")
+
+
 def _open_checked(
     inputs: ObjectStore, key: str, workdir: Path, settings: Settings, rank: int
 ) -> tuple[Any, Path, tuple[int, ...]]:
@@ -225,12 +239,15 @@ def check_subject(
     the DWI's volumes. Returns the dipy GradientTable."""
     dwi = _peek_header(inputs, DWI_KEY, settings)
     shape = _checked_shape(DWI_KEY, dwi.get_data_shape(), dwi.get_data_dtype(), 4, settings)
+    _checked_geometry(DWI_KEY, dwi)
     mask = _peek_header(inputs, MASK_KEY, settings)
     mask_shape = _checked_shape(MASK_KEY, mask.get_data_shape(), mask.get_data_dtype(), 3, settings)
+    _checked_geometry(MASK_KEY, mask)
     _same_grid(mask_shape, mask.get_best_affine(), shape, dwi.get_best_affine())
     for key in extra:
         header = _peek_header(inputs, key, settings)
         _checked_shape(key, header.get_data_shape(), header.get_data_dtype(), 3, settings)
+        _checked_geometry(key, header)
     bvals, bvecs = read_gradients(
         _read_text(inputs, BVALS_KEY, settings),
         _read_text(inputs, BVECS_KEY, settings),
@@ -248,6 +265,9 @@ def load_subject(
     bvals_text = _read_text(inputs, BVALS_KEY, settings)
     bvecs_text = _read_text(inputs, BVECS_KEY, settings)
     _require(inputs, MASK_KEY)
+    # From the stored header (a ranged read): nibabel's loader "fixes" a zero voxel size.
+    _checked_geometry(DWI_KEY, _peek_header(inputs, DWI_KEY, settings))
+    _checked_geometry(MASK_KEY, _peek_header(inputs, MASK_KEY, settings))
 
     img, dwi_path, shape = _open_checked(inputs, DWI_KEY, workdir, settings, rank=4)
     bvals, bvecs = read_gradients(bvals_text, bvecs_text, shape[3], b0_threshold)

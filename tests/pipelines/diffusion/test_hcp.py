@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,30 @@ def _unnormalised_bvecs(raw: Any) -> dict[str, Any]:
     bvecs = raw.bvecs.copy()
     bvecs[:, 5] *= 3.0
     return {"bvecs": bvecs}
+
+
+def _patched_header(name: str, patch: Callable[[bytearray], None]) -> Callable[[Path], None]:
+    """Edit the stored NIfTI-1 header bytes of ``name`` (nibabel would fix them on save)."""
+
+    def mutate(root: Path) -> None:
+        path = next(root.rglob(name))
+        raw = bytearray(gzip.decompress(path.read_bytes()))
+        patch(raw)
+        path.write_bytes(gzip.compress(bytes(raw)))
+
+    return mutate
+
+
+def _pixdim(axis: int, value: float) -> Callable[[bytearray], None]:
+    def patch(raw: bytearray) -> None:
+        struct.pack_into("<f", raw, 76 + 4 * axis, value)  # pixdim[axis]
+
+    return patch
+
+
+def _singular_sform(raw: bytearray) -> None:
+    struct.pack_into("<hh", raw, 252, 0, 1)  # qform_code 0, sform_code 1: the sform decides
+    struct.pack_into("<4f", raw, 296, 0.0, 0.0, 0.0, 0.0)  # srow_y: every voxel at y = 0
 
 
 def _shift(mm: float) -> np.ndarray:
@@ -139,6 +164,27 @@ CASES: list[tuple[str, Any, Any, dict[str, Any], str]] = [
         r"nodif_brain_mask\.nii\.gz is not on the same grid",
     ),
     ("mask-empty", lambda r: {"mask": np.zeros_like(r.mask)}, None, {}, r"is empty \(no brain"),
+    (
+        "zero-voxel-size",
+        None,
+        _patched_header("data.nii.gz", _pixdim(3, 0.0)),
+        {},
+        r"data\.nii\.gz has voxel sizes 2, 2, 0 \(pixdim\); each must be above 0",
+    ),
+    (
+        "negative-voxel-size",
+        None,
+        _patched_header("nodif_brain_mask.nii.gz", _pixdim(1, -2.0)),
+        {},
+        r"nodif_brain_mask\.nii\.gz has voxel sizes -2, 2, 2",
+    ),
+    (
+        "singular-affine",
+        None,
+        _patched_header("data.nii.gz", _singular_sform),
+        {},
+        r"data\.nii\.gz has a singular affine",
+    ),
     ("too-many-voxels", None, None, {"max_voxels": 10}, r"1000 voxels .* above the limit of 10"),
     ("too-many-volumes", None, None, {"max_volumes": 10}, r"65 volumes, above the limit of 10"),
     ("too-many-bytes", None, None, {"max_input_bytes": 1000}, r"above the 1000-byte input limit"),
