@@ -169,7 +169,7 @@ def synth_hcp(
             subjects,
             size=size,
             seed=seed,
-            progress=lambda n: progress.update(task, advance=n),
+            progress=lambda n: progress.update(task, completed=n),
         )
     console.print(
         f"wrote {len(ids)} subject(s) to {store.uri}: {', '.join(ids[:5])}"
