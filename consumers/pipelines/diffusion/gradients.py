@@ -20,11 +20,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared.errors import InvalidInput, one_line_reason
+from shared.layouts.hcp import (  # the HCP names, until #18 passes keys in
+    BVALS_KEY,
+    BVECS_KEY,
+    DWI_KEY,
+)
 
 # The two text files of the gradient table, and the DWI series whose volumes they describe.
-DWI_KEY = "T1w/Diffusion/data.nii.gz"
-BVALS_KEY = "T1w/Diffusion/bvals"
-BVECS_KEY = "T1w/Diffusion/bvecs"
 
 # Gradient directions of diffusion-weighted volumes must be unit vectors (dipy's tolerance).
 _UNIT_ATOL = 0.01

@@ -21,19 +21,11 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import NDArray
 
-from consumers.pipelines.diffusion.gradients import (
-    BVALS_KEY,
-    BVECS_KEY,
-    DWI_KEY,
-    gradient_table_for,
-    read_gradients,
-)
+from consumers.pipelines.diffusion.gradients import gradient_table_for, read_gradients
 from shared.errors import InvalidInput, MissingInput, one_line_reason
+from shared.layouts.hcp import APARC_KEY, BVALS_KEY, BVECS_KEY, DWI_KEY, MASK_KEY
 from shared.settings import Settings
 from shared.store import ObjectStore
-
-MASK_KEY = "T1w/Diffusion/nodif_brain_mask.nii.gz"
-APARC_KEY = "T1w/aparc+aseg.nii.gz"
 
 # The text gradient tables are tiny; anything bigger is not a bvals/bvecs file.
 _MAX_TEXT_BYTES = 1024**2

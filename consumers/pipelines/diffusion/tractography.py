@@ -23,9 +23,10 @@ from numpy.typing import NDArray
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.diffusion import csd, qc, tracking, white_matter
 from consumers.pipelines.diffusion.dti import fit_tensor_values, write_nifti
-from consumers.pipelines.diffusion.hcp import APARC_KEY, Subject, check_subject, load_subject
+from consumers.pipelines.diffusion.hcp import Subject, check_subject, load_subject
 from consumers.pipelines.fanout import part_count, record_tasks, worker_count
 from shared.errors import InvalidInput, MissingInput
+from shared.layouts.hcp import APARC_KEY
 from shared.params import DtiParams, TractographyParams
 
 #: Imported on every worker while the cluster starts: the modules of the three stages' tasks.

@@ -12,13 +12,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from consumers.pipelines.diffusion.hcp import (
-    APARC_KEY,
-    Subject,
-    load_aparc,
-    resample_labels_nearest,
-)
+from consumers.pipelines.diffusion.hcp import Subject, load_aparc, resample_labels_nearest
 from shared.errors import InvalidInput, MissingInput
+from shared.layouts.hcp import APARC_KEY
 from shared.settings import Settings
 from shared.store import ObjectStore
 
