@@ -73,7 +73,7 @@ def serial_reference(subject: Path, out: Path, dask_backends: list[str]) -> dict
     from dipy.tracking.utils import seeds_from_mask
     from nibabel.streamlines.array_sequence import ArraySequence
 
-    from consumers.pipelines.diffusion.hcp import resample_labels_nearest
+    from consumers.pipelines.diffusion.white_matter import resample_labels_nearest
     from shared.params import HCP_WM_LABELS
 
     st = Stages()

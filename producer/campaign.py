@@ -54,6 +54,8 @@ class Plan:
     priority: int
     to_enqueue: list[JobSpec]
     skipped: list[JobSpec]  # already committed, or already queued/running in this campaign
+    found_by: str = "manifest"  # see producer.inputs.Inputs
+    unusable: list[str] = field(default_factory=list)  # listed series left out, one line each
 
     @property
     def all_jobs(self) -> list[JobSpec]:
@@ -76,6 +78,7 @@ def plan_campaign(
     settings: Settings,
     *,
     marker: str | None = None,
+    layout: str | None = None,
     only_missing: bool = False,
     queue: str | None = None,
     priority: int = 0,
@@ -88,12 +91,16 @@ def plan_campaign(
         raise InvalidInput(str(exc)) from None
     if pipeline not in PIPELINE_PARAMS:
         raise InvalidInput(f"unknown pipeline {pipeline!r} (have: {', '.join(PIPELINE_PARAMS)})")
-    rows = input_rows(source, marker or PIPELINE_PARAMS[pipeline].input_marker, settings)
+    inputs = input_rows(source, pipeline, settings, marker=marker, layout=layout)
     specs: list[JobSpec] = []
     problems: list[str] = []
-    seen: dict[str, int] = {}
-    for row in rows:
+    unusable: list[str] = []
+    seen: dict[str, str] = {}
+    for row in inputs.rows:
         where = f"line {row.line}" if row.line else row.input_uri
+        if row.problem and not inputs.from_manifest:
+            unusable.append(row.problem)  # a listed series that cannot run: it names itself
+            continue
         if row.problem:
             problems.append(f"{where}: {row.problem}")
             continue
@@ -111,9 +118,9 @@ def plan_campaign(
             problems.append(f"{where}: {describe(exc)}")
             continue
         if spec.key in seen:
-            problems.append(f"{where}: the same job as line {seen[spec.key]}")
+            problems.append(f"{where}: the same job as {seen[spec.key]}")
             continue
-        seen[spec.key] = row.line
+        seen[spec.key] = where
         specs.append(spec)
     if problems:
         raise PlanError(problems)
@@ -132,6 +139,8 @@ def plan_campaign(
         priority=priority,
         to_enqueue=[s for s in specs if s.key not in skip],
         skipped=[s for s in specs if s.key in skip],
+        found_by=inputs.found_by,
+        unusable=unusable,
     )
 
 
@@ -159,6 +168,8 @@ def submit_campaign(
         "params": plan.params,
         "results_uri": plan.results_uri,
         "source": plan.source,
+        "found_by": plan.found_by,
+        "unusable": plan.unusable,
         "jobs": [
             {
                 "subject": s.subject,

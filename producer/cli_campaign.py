@@ -16,6 +16,7 @@ from rich.table import Table
 
 from producer.campaign import (
     CampaignStatus,
+    Plan,
     PlanError,
     campaign_status,
     cancel_campaign,
@@ -25,6 +26,7 @@ from producer.campaign import (
 )
 from producer.console import console, err_console, friendly
 from producer.jobs import parse_params
+from shared.layouts import LAYOUTS
 from shared.manifest import MANIFEST, Manifest
 from shared.params import PIPELINE_PARAMS
 from shared.settings import get_settings
@@ -34,6 +36,9 @@ app = typer.Typer(
     help="Many jobs as one: submit, watch, retry, cancel, report.", no_args_is_help=True
 )
 STATE_COLOURS = {"done": "green", "failed": "red", "cancelled": "magenta", "running": "cyan"}
+SHOWN = 20  # rows of a plan, bad rows and unusable series printed; the rest are counted
+DIFFUSION = [name for name, kind in PIPELINE_PARAMS.items() if kind.input_marker is None]
+MARKED = [name for name, kind in PIPELINE_PARAMS.items() if kind.input_marker is not None]
 
 
 @app.command()
@@ -54,9 +59,19 @@ def submit(
         typer.Option("--only-missing", help="Skip jobs already committed or already in flight."),
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help=f"When listing a prefix for {', '.join(DIFFUSION)}: the dataset's layout, "
+            f"one of {', '.join(LAYOUTS)} (default: detected)."
+        ),
+    ] = None,
     marker: Annotated[
         str | None,
-        typer.Option(help="When listing a prefix: the file that makes a folder an input."),
+        typer.Option(
+            help=f"When listing a prefix for {', '.join(MARKED)}: the file that makes a folder "
+            "an input (default: the pipeline's own)."
+        ),
     ] = None,
     queue: Annotated[str | None, typer.Option(help="Queue for this campaign's jobs.")] = None,
     priority: Annotated[int, typer.Option(min=0, max=9, help="0 runs first (kombu).")] = 0,
@@ -74,16 +89,17 @@ def submit(
             parse_params(param or []),
             settings,
             marker=marker,
+            layout=layout,
             only_missing=only_missing,
             queue=queue,
             priority=priority,
             cluster=cluster,
         )
     except PlanError as exc:
-        for problem in exc.problems[:20]:
+        for problem in exc.problems[:SHOWN]:
             err_console.print(f"[red]error:[/red] {problem}", highlight=False)
-        if len(exc.problems) > 20:
-            err_console.print(f"... and {len(exc.problems) - 20} more; nothing was enqueued")
+        if len(exc.problems) > SHOWN:
+            err_console.print(f"... and {len(exc.problems) - SHOWN} more; nothing was enqueued")
         raise typer.Exit(2) from None
     outcome = {
         "campaign": name,
@@ -91,6 +107,8 @@ def submit(
         "to_enqueue": len(plan.to_enqueue),
         "skipped": len(plan.skipped),
         "queue": plan.queue,
+        "found_by": plan.found_by,
+        "unusable": plan.unusable,
         "dry_run": dry_run,
     }
     if dry_run:
@@ -98,14 +116,17 @@ def submit(
             print(json.dumps(outcome))
             return
         table = Table("subject", "input", "job key", title=f"plan for {name} ({pipeline})")
-        for spec in plan.to_enqueue[:20]:
+        for spec in plan.to_enqueue[:SHOWN]:
             table.add_row(spec.subject, spec.input_uri, spec.key[:16])
         console.print(table)
+        _print_unusable(plan)
         console.print(
-            f"{len(plan.to_enqueue)} to enqueue, {len(plan.skipped)} skipped (dry run: "
-            "nothing enqueued)"
+            f"{len(plan.to_enqueue)} to enqueue, {len(plan.skipped)} skipped, "
+            f"{len(plan.unusable)} unusable ({plan.found_by}; dry run: nothing enqueued)"
         )
         return
+    if not as_json:
+        _print_unusable(plan)
     started = time.perf_counter()
     with Progress(console=console, transient=True, disable=as_json) as progress:
         bar = progress.add_task("enqueueing", total=len(plan.to_enqueue))
@@ -118,6 +139,21 @@ def submit(
             f"campaign [bold]{name}[/bold]: enqueued {sent} job(s) in {seconds:.2f} s, "
             f"skipped {len(plan.skipped)}; queue {plan.queue!r}"
         )
+
+
+def _print_unusable(plan: Plan) -> None:
+    """The listed series left out of the plan, by name (on stderr: stdout may be JSON)."""
+    if not plan.unusable:
+        return
+    total = len(plan.unusable) + len(plan.all_jobs)
+    err_console.print(
+        f"[yellow]{len(plan.unusable)} of {total} inputs unusable, left out:[/yellow]",
+        highlight=False,
+    )
+    for problem in plan.unusable[:SHOWN]:
+        err_console.print(f"  {problem}", highlight=False)
+    if len(plan.unusable) > SHOWN:
+        err_console.print(f"  ... and {len(plan.unusable) - SHOWN} more", highlight=False)
 
 
 def _render(status: CampaignStatus) -> Group:

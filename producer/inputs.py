@@ -1,8 +1,10 @@
-"""Where a campaign's inputs come from: a CSV/TXT manifest, or the folders below a prefix.
+"""Where a campaign's inputs come from: a CSV/TXT manifest, or a listing of a prefix.
 
-Each input becomes a row (line number, input URI, subject, per-row parameters). Nothing is
-enqueued until every row has been turned into a valid JobSpec; a bad row is reported by its
-line number.
+Each input becomes a row (line number, input URI, subject, per-row parameters). Listing a prefix
+finds the series of a diffusion layout (``shared.layouts``: HCP, raw BIDS, QSIPrep; one row per
+series, its id as the subject) or, for the pipelines with an ``input_marker``, the folders that
+hold that file. Nothing is enqueued until every manifest row has been turned into a valid
+JobSpec; a bad row is reported by its line number.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput
+from shared.layouts import LAYOUTS, detect, get_layout
+from shared.params import PIPELINE_PARAMS
 from shared.settings import Settings
 from shared.store import open_store, split_uri
 
@@ -26,11 +30,26 @@ HEAD_THREADS = 32  # S3 HEAD latency dominates discovery; this many in flight hi
 
 @dataclass(frozen=True)
 class InputRow:
-    line: int  # 1-based line in the manifest; 0 for discovered folders
+    line: int  # 1-based line in the manifest; 0 for a listed input
     input_uri: str
     subject: str = ""
     params: dict[str, Any] = field(default_factory=dict)
-    problem: str = ""  # a row that cannot even be read; reported with the others, by line
+    problem: str = ""  # a row that cannot be read or run; reported with the others
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What ``--inputs`` named: its rows, and how they were found."""
+
+    rows: list[InputRow]
+    #: "manifest" (bad rows are the user's typos: they stop the submit), "marker" (folders
+    #: holding a pipeline's marker file), or the diffusion layout's name ("hcp", "bids",
+    #: "qsiprep"; a series that cannot run is left out and reported).
+    found_by: str
+
+    @property
+    def from_manifest(self) -> bool:
+        return self.found_by == "manifest"
 
 
 def is_manifest(source: str) -> bool:
@@ -106,8 +125,10 @@ def _csv_rows(text: str, base: str, delimiter: str) -> list[InputRow]:
     return rows
 
 
-def discover(prefix: str, marker: str, settings: Settings) -> list[InputRow]:
-    """One row per folder below ``prefix`` that holds ``marker`` (e.g. the HCP DWI)."""
+def marker_folders(prefix: str, marker: str, settings: Settings) -> list[InputRow]:
+    """One row per folder below ``prefix`` that holds ``marker`` (a Zarr array's ``zarr.json``,
+    a committed result's ``manifest.json``): the inputs of the pipelines that are no diffusion
+    layout's."""
     store = open_store(prefix, settings)
     candidates = store.children()
     with ThreadPoolExecutor(max_workers=HEAD_THREADS) as pool:
@@ -122,9 +143,61 @@ def discover(prefix: str, marker: str, settings: Settings) -> list[InputRow]:
     return rows
 
 
-def input_rows(source: str, marker: str, settings: Settings) -> list[InputRow]:
+def layout_series(prefix: str, layout: str | None, settings: Settings) -> Inputs:
+    """One row per diffusion series below ``prefix``, in its detected (or the named) layout.
+
+    A series that cannot run (no DWI for a subject, no .bval) is a row with its problem: the
+    plan reports it by name and goes ahead with the others, unless none is left.
+    """
+    store = open_store(prefix, settings)
+    if layout is not None:
+        chosen = get_layout(layout)
+    else:
+        try:
+            chosen = detect(store)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{exc} ({'|'.join(LAYOUTS)})") from None
+    rows = [
+        InputRow(0, found.input_uri, found.subject, problem=found.problem)
+        for found in chosen.discover(store, prefix)
+    ]
+    if not rows:
+        raise InvalidInput(f"no inputs below {prefix}: no {chosen.name} series found")
+    bad = [row.problem for row in rows if row.problem]
+    if len(bad) == len(rows):
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InvalidInput(f"nothing usable below {prefix} ({chosen.name}): {bad[0]}{more}")
+    return Inputs(rows, chosen.name)
+
+
+def input_rows(
+    source: str,
+    pipeline: str,
+    settings: Settings,
+    *,
+    marker: str | None = None,
+    layout: str | None = None,
+) -> Inputs:
+    """The rows of ``--inputs`` for ``pipeline``: a manifest's; or, listing a prefix, the folders
+    holding the pipeline's ``input_marker`` (or ``marker``) where it has one, else the series of
+    the diffusion layout detected (or named by ``layout``)."""
+    default = PIPELINE_PARAMS[pipeline].input_marker
+    if default is None and marker is not None:
+        raise InvalidInput(
+            f"--marker is not for {pipeline}: its inputs are found by their layout "
+            f"(--layout {'|'.join(LAYOUTS)})"
+        )
+    if default is not None and layout is not None:
+        raise InvalidInput(
+            f"--layout is not for {pipeline}: its inputs are folders holding {default!r} "
+            "(--marker names another file)"
+        )
     if is_manifest(source):
-        return read_manifest_rows(source, settings)
+        if marker is not None or layout is not None:
+            raise InvalidInput("--marker and --layout apply to a folder or prefix, not a manifest")
+        return Inputs(read_manifest_rows(source, settings), "manifest")
     if "://" not in source and not Path(source).is_dir():
         raise InvalidInput(f"--inputs {source!r}: no such folder (or use a .csv/.txt manifest)")
-    return discover(source, marker, settings)
+    if default is None:
+        return layout_series(source, layout, settings)
+    return Inputs(marker_folders(source, marker or default, settings), "marker")

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.checks import check_uri, describe
+from shared.layouts.bids import DWI_SUFFIXES, entities, series_id
 from shared.store import split_uri
 
 # A committed result's manifest, the input of a `bundles` job. shared.manifest imports
@@ -24,15 +25,22 @@ class PipelineParams(BaseModel):
     # false against every bound.
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     version: ClassVar[str] = "1"
-    #: The object that makes a folder one input when a campaign lists a prefix.
-    input_marker: ClassVar[str] = "T1w/Diffusion/data.nii.gz"
+    #: The object that makes a folder one input when a campaign lists a prefix; None: the
+    #: inputs are diffusion series, found by their layout (``shared.layouts``: HCP, BIDS...).
+    input_marker: ClassVar[str | None] = None
     #: Parameters that steer what happens after the job, not its output: left out of the key.
     key_excludes: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def subject_of(cls, input_uri: str) -> str:
-        """The subject id a job over ``input_uri`` is filed under: the input's last component."""
-        return split_uri(input_uri)[1]
+        """The subject id a job over ``input_uri`` is filed under: a BIDS series' id
+        (``sub-01_ses-1_run-2``, as a campaign listing the dataset names it), else the input's
+        last component (an HCP subject's folder, a Zarr array)."""
+        name = split_uri(input_uri)[1]
+        if name.endswith(DWI_SUFFIXES):
+            # The file name carries every entity of the series; the folders above add none.
+            return series_id(entities(name)) or name
+        return name
 
 
 class DtiParams(PipelineParams):
@@ -61,15 +69,17 @@ class TractographyParams(PipelineParams):
 
     version: ClassVar[str] = "1"
     b0_threshold: float = Field(default=50.0, ge=0, le=1000, description="b-values <= are b0.")
-    wm_source: Literal["aparc", "fa"] = Field(
-        default="aparc",
-        description="White matter from aparc+aseg labels, or from FA (inputs with no aparc+aseg).",
+    wm_source: Literal["auto", "segmentation", "fa"] = Field(
+        default="auto",
+        description="White matter from the input's segmentation (HCP aparc+aseg, QSIPrep "
+        "dseg), from FA, or auto: the segmentation where the layout has one, else FA "
+        "(recorded in the summary). 'aparc' is accepted for segmentation.",
     )
     wm_labels: tuple[int, ...] = Field(
         default=HCP_WM_LABELS,
         min_length=1,
         max_length=512,
-        description="aparc+aseg labels counted as white matter (wm_source=aparc).",
+        description="FreeSurfer labels counted as white matter (a tissue dseg uses class 3).",
     )
     fa_wm_threshold: float = Field(
         default=0.2, gt=0, lt=1, description="FA above which a brain voxel is WM (wm_source=fa)."
@@ -128,6 +138,11 @@ class TractographyParams(PipelineParams):
     # Where the streamlines go next does not change them: the key (and every committed
     # tractography result) stays the same with or without a follow-up.
     key_excludes: ClassVar[frozenset[str]] = frozenset({"bundles_atlas", "bundles_params"})
+
+    @field_validator("wm_source", mode="before")
+    @classmethod
+    def _aparc(cls, value: Any) -> Any:
+        return "segmentation" if value == "aparc" else value  # its name before BIDS inputs
 
     @field_validator("wm_labels", mode="before")
     @classmethod

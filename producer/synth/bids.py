@@ -115,6 +115,7 @@ class BidsSubject:
     runs: int = 1
     segmentation: bool = True  # qsiprep: write the dseg image(s)
     multishell: bool = False
+    all_shells: bool = False  # every volume of the HCP series: the same data in both layouts
     broken: Fault | None = None  # a deliberate fault, applied to every DWI of the subject
 
     def check(self) -> None:
@@ -251,7 +252,10 @@ class _Writer:
                 self.store.put_bytes(f"{base}_dseg.nii.gz", hcp.nifti_gz(classes, t1_affine))
         if subject.broken == "no-dwi":
             return
-        volumes = shell_volumes(ph.bvals, MULTI_SHELL if subject.multishell else SINGLE_SHELL)
+        if subject.all_shells:
+            volumes = list(range(len(ph.bvals)))
+        else:
+            volumes = shell_volumes(ph.bvals, MULTI_SHELL if subject.multishell else SINGLE_SHELL)
         for i, (ses, run) in enumerate(subject.acquisitions()):
             stem = subject.stem(ses, run)
             acq = ph if i == 0 else ph.with_noise(hcp.subject_seed(stem, self.seed))

@@ -9,7 +9,8 @@ from shared.layouts.base import Found, Layout, SubjectFiles
 from shared.layouts.bids import DWI_SUFFIXES, BidsLayout
 from shared.layouts.hcp import HcpLayout
 from shared.layouts.qsiprep import QsiprepLayout
-from shared.store import ObjectStore
+from shared.settings import Settings
+from shared.store import ObjectStore, open_store
 
 #: In detection order: a QSIPrep dataset is BIDS too, so it is asked first.
 LAYOUTS: dict[str, Layout] = {
@@ -53,4 +54,20 @@ def resolve(input_uri: str) -> tuple[Layout, str, str]:
     return layout, root, key
 
 
-__all__ = ["LAYOUTS", "Found", "Layout", "SubjectFiles", "detect", "get_layout", "resolve"]
+def open_series(input_uri: str, settings: Settings) -> tuple[ObjectStore, SubjectFiles]:
+    """The dataset root a job's input lies in, opened, and the keys of its series' files."""
+    layout, root, key = resolve(input_uri)
+    store = open_store(root, settings)
+    return store, layout.files(store, key)
+
+
+__all__ = [
+    "LAYOUTS",
+    "Found",
+    "Layout",
+    "SubjectFiles",
+    "detect",
+    "get_layout",
+    "open_series",
+    "resolve",
+]

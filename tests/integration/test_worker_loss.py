@@ -131,12 +131,15 @@ def _serial_tracking(subject_dir: Path, workdir: Path, step_size: float) -> list
     from dipy.tracking.utils import seeds_from_mask
 
     from consumers.pipelines.diffusion import white_matter as wm
-    from consumers.pipelines.diffusion.hcp import load_subject
+    from consumers.pipelines.diffusion.subject import load_subject
+    from shared.layouts.hcp import HcpLayout
     from shared.params import TractographyParams
 
     params, settings, inputs = TractographyParams(), Settings(), LocalStore(subject_dir)
-    subject = load_subject(inputs, workdir, settings, b0_threshold=params.b0_threshold)
-    mask = wm.wm_from_aparc(*wm.read_aparc(inputs, workdir, settings), subject, params.wm_labels)
+    files = HcpLayout().files(inputs, "")
+    subject = load_subject(inputs, files, workdir, settings, b0_threshold=params.b0_threshold)
+    labels = wm.read_segmentation(inputs, files, workdir, settings)
+    mask = wm.wm_from_segmentation(*labels, subject, params.wm_labels)
     fa = np.asarray(TensorModel(subject.gtab).fit(subject.data, mask=subject.mask).fa)
     response, _ = response_from_mask_ssst(subject.gtab, subject.data, mask & (fa > 0.7))
     sh = ConstrainedSphericalDeconvModel(subject.gtab, response).fit(subject.data, mask=mask)

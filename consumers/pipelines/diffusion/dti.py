@@ -1,4 +1,4 @@
-"""The ``dti`` pipeline: a diffusion tensor fit (FA and MD maps) of an HCP-layout subject.
+"""The ``dti`` pipeline: a diffusion tensor fit (FA and MD maps) of one diffusion series.
 
 The mask voxels are flattened to one (voxels, volumes) array, split into contiguous chunks and
 scattered to the workers; each task fits its chunk with dipy and sends back FA and MD only.
@@ -16,9 +16,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.diffusion.hcp import Subject, check_subject, load_subject
+from consumers.pipelines.diffusion.subject import Subject, check_subject, load_subject
 from consumers.pipelines.fanout import map_scattered, part_count, record_tasks, worker_count
 from shared.errors import InvalidInput
+from shared.layouts import open_series
 from shared.params import DtiParams
 
 #: Imported on every worker while the cluster starts: the task's module and dipy's tensor model.
@@ -42,7 +43,8 @@ def _enough_volumes(gtab: Any, params: DtiParams) -> None:
 def check(ctx: PipelineContext) -> None:
     """Before any cluster starts: inputs present and sized, gradient table usable."""
     params = ctx.params(DtiParams)
-    gtab = check_subject(ctx.inputs, ctx.settings, b0_threshold=params.b0_threshold)
+    inputs, files = open_series(ctx.spec.input_uri, ctx.settings)
+    gtab = check_subject(inputs, files, ctx.settings, b0_threshold=params.b0_threshold)
     _enough_volumes(gtab, params)
 
 
@@ -51,8 +53,9 @@ def load(ctx: PipelineContext) -> Subject:
     params = ctx.params(DtiParams)
     with ctx.timer.stage("load"):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
+        inputs, files = open_series(ctx.spec.input_uri, ctx.settings)
         subject = load_subject(
-            ctx.inputs, ctx.workdir, ctx.settings, b0_threshold=params.b0_threshold
+            inputs, files, ctx.workdir, ctx.settings, b0_threshold=params.b0_threshold
         )
         _enough_volumes(subject.gtab, params)
     return subject
@@ -148,7 +151,25 @@ def _summary(
         "volumes": int(subject.data.shape[3]),
         "b0_volumes": int(np.count_nonzero(subject.gtab.b0s_mask)),
         "nonfinite_values": subject.nonfinite_values,
+        **series_summary(subject),
     }
+
+
+def series_summary(subject: Subject) -> dict[str, Any]:
+    """What the job read: the layout, the series' BIDS entities and the brain mask's source."""
+    return {
+        "layout": subject.files.layout,
+        "entities": dict(subject.files.entities),
+        "brain_mask_source": subject.mask_source,
+    }
+
+
+def brain_mask_upload(ctx: PipelineContext, subject: Subject) -> dict[str, Path]:
+    """The brain mask, when the job computed it (the layout had none): it defines every map."""
+    if subject.mask_source == "layout":
+        return {}
+    mask = subject.mask.astype(np.uint8)
+    return {"brain_mask.nii.gz": write_nifti(ctx, "brain_mask.nii.gz", mask, subject)}
 
 
 def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
@@ -159,6 +180,7 @@ def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
     with ctx.timer.stage("write"):
         uploads["fa.nii.gz"] = write_nifti(ctx, "fa.nii.gz", fa, subject)
         uploads["md.nii.gz"] = write_nifti(ctx, "md.nii.gz", md, subject)
+        uploads |= brain_mask_upload(ctx, subject)
     if params.qc:
         # Here, not at the top: Dask workers import this module for fit_chunk, and matplotlib
         # costs each of them seconds of CPU at start-up for an image only the consumer draws.

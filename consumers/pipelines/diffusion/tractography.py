@@ -1,10 +1,11 @@
 """The ``tractography`` pipeline: the per-subject job of "Tractography with dask" (see the
 references in docs/architecture.md).
 
-HCP-layout subject -> white-matter mask (aparc+aseg labels, or FA) -> tensor FA (the ``dti``
-fit) -> single-fibre response -> CSD fODFs fitted in chunks across the cluster -> seeds in the
-white matter, tracked in shards by the workers, each shard written straight to the store as a
-``.trk`` (or ``.trx``) -> FA and mask maps and a QC image for the consumer to upload.
+One diffusion series (HCP, BIDS, QSIPrep) -> white-matter mask (its segmentation, or FA) ->
+tensor FA (the ``dti`` fit) -> single-fibre response -> CSD fODFs fitted in chunks across the
+cluster -> seeds in the white matter, tracked in shards by the workers, each shard written
+straight to the store as a ``.trk`` (or ``.trx``) -> FA and mask maps and a QC image for the
+consumer to upload.
 
 Every stage equals its serial dipy counterpart (see ``csd`` and ``tracking`` for why), and the
 summary -- which the manifest carries -- lists every shard with its seed range, streamline
@@ -22,11 +23,16 @@ from numpy.typing import NDArray
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.diffusion import csd, qc, tracking, white_matter
-from consumers.pipelines.diffusion.dti import fit_tensor_values, write_nifti
-from consumers.pipelines.diffusion.hcp import Subject, check_subject, load_subject
+from consumers.pipelines.diffusion.dti import (
+    brain_mask_upload,
+    fit_tensor_values,
+    series_summary,
+    write_nifti,
+)
+from consumers.pipelines.diffusion.subject import Subject, check_subject, load_subject
 from consumers.pipelines.fanout import part_count, record_tasks, worker_count
-from shared.errors import InvalidInput, MissingInput
-from shared.layouts.hcp import APARC_KEY
+from shared.errors import InvalidInput
+from shared.layouts import open_series
 from shared.params import DtiParams, TractographyParams
 
 #: Imported on every worker while the cluster starts: the modules of the three stages' tasks.
@@ -41,6 +47,7 @@ WORKER_MODULES = (
 @dataclass
 class Loaded:
     subject: Subject
+    wm_source: white_matter.WmSource
     #: The white-matter mask; None until FA is known when it comes from FA.
     wm: NDArray[np.bool_] | None
 
@@ -59,15 +66,15 @@ def check(ctx: PipelineContext) -> None:
     """Before any cluster starts: inputs (and the segmentation) present and sized, gradient
     table usable, enough directions for the CSD order."""
     params = ctx.params(TractographyParams)
-    extra = (APARC_KEY,) if params.wm_source == "aparc" else ()
-    try:
-        gtab = check_subject(
-            ctx.inputs, ctx.settings, b0_threshold=params.b0_threshold, extra=extra
-        )
-    except MissingInput as exc:
-        if APARC_KEY not in str(exc):
-            raise
-        raise MissingInput(f"{exc}; without a segmentation, use wm_source=fa") from None
+    inputs, files = open_series(ctx.spec.input_uri, ctx.settings)
+    source = white_matter.choose_source(params.wm_source, files)
+    gtab = check_subject(
+        inputs,
+        files,
+        ctx.settings,
+        b0_threshold=params.b0_threshold,
+        segmentation=source == "segmentation",
+    )
     _enough_volumes(gtab, params)
 
 
@@ -76,18 +83,21 @@ def load(ctx: PipelineContext) -> Loaded:
     params = ctx.params(TractographyParams)
     with ctx.timer.stage("load"):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
+        inputs, files = open_series(ctx.spec.input_uri, ctx.settings)
+        source = white_matter.choose_source(params.wm_source, files)
         subject = load_subject(
-            ctx.inputs, ctx.workdir, ctx.settings, b0_threshold=params.b0_threshold
+            inputs, files, ctx.workdir, ctx.settings, b0_threshold=params.b0_threshold
         )
         _enough_volumes(subject.gtab, params)
-        aparc = None
-        if params.wm_source == "aparc":
-            aparc = white_matter.read_aparc(ctx.inputs, ctx.workdir, ctx.settings)
-    if aparc is None:
-        return Loaded(subject, None)  # white matter from FA, once the cluster has fitted it
+        labels = None
+        if source == "segmentation":
+            labels = white_matter.read_segmentation(inputs, files, ctx.workdir, ctx.settings)
+    if labels is None:
+        return Loaded(subject, source, None)  # white matter from FA, once the cluster fitted it
     with ctx.timer.stage("mask"):
-        mask = white_matter.wm_from_aparc(*aparc, subject, params.wm_labels)
-    return Loaded(subject, mask)
+        wm_labels = white_matter.labels_for(files, params.wm_labels)
+        mask = white_matter.wm_from_segmentation(*labels, subject, wm_labels)
+    return Loaded(subject, source, mask)
 
 
 def _fa_volume(
@@ -167,6 +177,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         uploads["wm_mask.nii.gz"] = write_nifti(
             ctx, "wm_mask.nii.gz", mask.astype(np.uint8), subject
         )
+        uploads |= brain_mask_upload(ctx, subject)
     if params.qc and tracked.density is not None:
         with ctx.timer.stage("qc"):
             uploads["qc/tractography.png"] = qc_image(ctx, subject, fa, mask, tracked.density)
@@ -179,7 +190,8 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         "seeds_per_voxel": params.seeds_per_voxel,
         "seed_grid": list(tracking.seed_grid(params.seeds_per_voxel)),
         "shards": tracked.shards,
-        "wm_source": params.wm_source,
+        "wm_source": loaded.wm_source,  # what auto chose, or what was asked for
+        "segmentation": subject.files.segmentation if loaded.wm_source == "segmentation" else None,
         "wm_voxels": int(np.count_nonzero(mask)),
         "brain_voxels": int(np.count_nonzero(subject.mask)),
         "fa_median_wm": round(float(np.median(fa[mask])), 8),
@@ -190,6 +202,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         "output_format": params.output_format,
         "volumes": int(subject.data.shape[3]),
         "nonfinite_values": subject.nonfinite_values,
+        **series_summary(subject),
     }
     return PipelineResult(files=tracked.files, uploads=uploads, summary=summary)
 

@@ -375,15 +375,19 @@ def test_a_shard_that_keeps_failing_fails_the_job(
     assert store.tries() == (3 if error is TransientError else 1)
 
 
-def test_missing_aparc_names_the_alternative(
+def test_without_aparc_auto_takes_fa_and_segmentation_names_the_alternative(
     synthetic_subject: Path, tract_ctx: Callable[..., PipelineContext], tmp_path: Path
 ) -> None:
     import shutil
 
     copy = shutil.copytree(synthetic_subject, tmp_path / "100307")
     (copy / "T1w/aparc+aseg.nii.gz").unlink()
-    with pytest.raises(MissingInput, match=r"aparc\+aseg.*use wm_source=fa"):
-        tractography.load(tract_ctx(copy))
+    for asked in ("segmentation", "aparc"):
+        with pytest.raises(MissingInput, match=r"no segmentation for .*use wm_source=fa"):
+            tractography.load(tract_ctx(copy, {"wm_source": asked}))
+    loaded = tractography.load(tract_ctx(copy))  # the default, auto
+    assert loaded.wm_source == "fa" and loaded.wm is None
+    assert tractography.load(tract_ctx(synthetic_subject)).wm_source == "segmentation"
 
 
 @pytest.mark.parametrize(

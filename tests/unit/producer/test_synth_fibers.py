@@ -85,12 +85,12 @@ def test_written_array_and_its_truth_beside_it(tmp_path: Path) -> None:
 
 
 def test_a_campaign_listing_the_folder_finds_the_phantoms_not_their_truth(tmp_path: Path) -> None:
-    from producer.inputs import discover
+    from producer.inputs import marker_folders
     from shared.params import MicrostructureParams
 
     for name in ("s1.zarr", "s2.zarr"):
         fibers.write_phantom(str(tmp_path / name), PhantomSpec(shape=(32, 32, 32)), Settings())
-    rows = discover(str(tmp_path), MicrostructureParams.input_marker, Settings())
+    rows = marker_folders(str(tmp_path), MicrostructureParams.input_marker, Settings())
     assert sorted(row.subject for row in rows) == ["s1.zarr", "s2.zarr"]
 
 

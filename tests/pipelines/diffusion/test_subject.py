@@ -1,4 +1,5 @@
-"""Every way an HCP input can be wrong ends in a one-line InvalidInput naming the problem."""
+"""Every way a diffusion input can be wrong ends in a one-line InvalidInput naming the problem
+(an HCP subject here; the other layouts share the loader, see test_layouts_load.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from consumers.pipelines.diffusion import hcp
+from consumers.pipelines.diffusion import nifti, subject, white_matter
 from shared.errors import InvalidInput, MissingInput
+from shared.layouts.hcp import APARC_KEY, HcpLayout
 from shared.settings import Settings
 from shared.store import LocalStore
 
 DIFF = Path("T1w/Diffusion")
+
+
+def _load(root: Path, workdir: Path, settings: Settings | None = None) -> subject.Subject:
+    store = LocalStore(root)
+    files = HcpLayout().files(store, "")
+    return subject.load_subject(store, files, workdir, settings or Settings(), b0_threshold=50)
 
 
 def _delete(name: str) -> Callable[[Path], None]:
@@ -216,7 +224,7 @@ def test_bad_input_is_one_line_invalid_input(
     if mutate:
         mutate(root)
     with pytest.raises(InvalidInput, match=pattern) as info:
-        hcp.load_subject(LocalStore(root), tmp_path / "work", Settings(**limits), b0_threshold=50)
+        _load(root, tmp_path / "work", Settings(**limits))
     message = str(info.value)
     assert "\n" not in message and len(message) < 300, message
     assert str(tmp_path / "work") not in message  # scratch paths mean nothing to a user
@@ -228,19 +236,18 @@ def test_bad_input_is_one_line_invalid_input(
 def test_good_subject_loads(
     tmp_path: Path, hcp_subject: Callable[..., Path], small64d: Any
 ) -> None:
-    subject = hcp.load_subject(
-        LocalStore(hcp_subject()), tmp_path / "work", Settings(), b0_threshold=50
-    )
-    assert subject.data.dtype == np.float32 and subject.data.shape == (10, 10, 10, 65)
-    np.testing.assert_array_equal(subject.data, small64d.data.astype(np.float32))
-    assert subject.mask.dtype == np.bool_ and subject.mask.sum() == small64d.mask.sum()
-    np.testing.assert_allclose(subject.affine, small64d.affine, atol=1e-5)
-    assert subject.zooms == pytest.approx((2.0, 2.0, 2.0))
-    assert subject.gtab.b0s_mask.sum() == 1
+    loaded = _load(hcp_subject(), tmp_path / "work")
+    assert loaded.mask_source == "layout"
+    assert loaded.data.dtype == np.float32 and loaded.data.shape == (10, 10, 10, 65)
+    np.testing.assert_array_equal(loaded.data, small64d.data.astype(np.float32))
+    assert loaded.mask.dtype == np.bool_ and loaded.mask.sum() == small64d.mask.sum()
+    np.testing.assert_allclose(loaded.affine, small64d.affine, atol=1e-5)
+    assert loaded.zooms == pytest.approx((2.0, 2.0, 2.0))
+    assert loaded.gtab.b0s_mask.sum() == 1
     # small_64D writes a NaN direction for its b0; harmless there, so it becomes zero.
     assert np.isnan(small64d.bvecs[:, 0]).all()
-    np.testing.assert_array_equal(subject.gtab.bvecs[0], [0.0, 0.0, 0.0])
-    assert subject.nonfinite_values == 0
+    np.testing.assert_array_equal(loaded.gtab.bvecs[0], [0.0, 0.0, 0.0])
+    assert loaded.nonfinite_values == 0
     # The scratch copies are removed once their voxels are in memory.
     assert not list((tmp_path / "work").rglob("*.nii.gz"))
 
@@ -248,27 +255,27 @@ def test_good_subject_loads(
 def test_nx3_bvecs_are_accepted(
     tmp_path: Path, hcp_subject: Callable[..., Path], small64d: Any
 ) -> None:
-    subject = hcp.load_subject(
-        LocalStore(hcp_subject(bvecs=small64d.bvecs.T)), tmp_path / "w", Settings(), b0_threshold=50
-    )
-    np.testing.assert_allclose(subject.gtab.bvecs, np.nan_to_num(small64d.bvecs.T), atol=1e-6)
+    loaded = _load(hcp_subject(bvecs=small64d.bvecs.T), tmp_path / "w")
+    np.testing.assert_allclose(loaded.gtab.bvecs, np.nan_to_num(small64d.bvecs.T), atol=1e-6)
 
 
-def test_load_aparc(tmp_path: Path) -> None:
+def test_read_labels(tmp_path: Path) -> None:
     affine = np.diag([0.7, 0.7, 0.7, 1.0])
     labels = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     (tmp_path / "T1w").mkdir()
-    nib.save(nib.Nifti1Image(labels, affine), tmp_path / hcp.APARC_KEY)
-    got, got_affine = hcp.load_aparc(LocalStore(tmp_path), tmp_path / "work", Settings())
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / APARC_KEY)
+    got, got_affine = nifti.read_labels(
+        LocalStore(tmp_path), APARC_KEY, tmp_path / "work", Settings()
+    )
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, labels.astype(np.int32))
     np.testing.assert_allclose(got_affine, affine, atol=1e-6)
 
-    nib.save(nib.Nifti1Image(labels + 0.5, affine), tmp_path / hcp.APARC_KEY)
+    nib.save(nib.Nifti1Image(labels + 0.5, affine), tmp_path / APARC_KEY)
     with pytest.raises(InvalidInput, match="non-integer labels"):
-        hcp.load_aparc(LocalStore(tmp_path), tmp_path / "work", Settings())
+        nifti.read_labels(LocalStore(tmp_path), APARC_KEY, tmp_path / "work", Settings())
     with pytest.raises(MissingInput, match=r"aparc\+aseg"):
-        hcp.load_aparc(LocalStore(tmp_path / "nowhere"), tmp_path / "work", Settings())
+        nifti.read_labels(LocalStore(tmp_path / "no"), APARC_KEY, tmp_path / "work", Settings())
 
 
 def _brute_force_nearest(
@@ -293,7 +300,7 @@ def test_resample_labels_half_voxel_grid() -> None:
     labels = np.arange(8 * 10 * 12, dtype=np.int32).reshape(8, 10, 12)
     l_aff = np.diag([1.0, 1.0, 1.0, 1.0])
     t_aff = np.diag([2.0, 2.0, 2.0, 1.0])
-    out = hcp.resample_labels_nearest(labels, l_aff, (4, 5, 6), t_aff)
+    out = white_matter.resample_labels_nearest(labels, l_aff, (4, 5, 6), t_aff)
     np.testing.assert_array_equal(out, labels[::2, ::2, ::2])
 
 
@@ -305,7 +312,7 @@ def test_resample_labels_flipped_shifted_and_outside() -> None:
     # A coarser target that also pokes outside the label grid on every side.
     t_aff = np.array([[2.0, 0, 0, -1.1], [0, 2.0, 0, -2.7], [0, 0, 2.0, -1.9], [0, 0, 0, 1]])
     shape = (6, 8, 6)
-    out = hcp.resample_labels_nearest(labels, l_aff, shape, t_aff)
+    out = white_matter.resample_labels_nearest(labels, l_aff, shape, t_aff)
     expected = _brute_force_nearest(labels, l_aff, shape, t_aff)
     np.testing.assert_array_equal(out, expected)
     assert (out == 0).any() and (out != 0).any()
