@@ -91,6 +91,7 @@ def plan_campaign(
         raise InvalidInput(str(exc)) from None
     if pipeline not in PIPELINE_PARAMS:
         raise InvalidInput(f"unknown pipeline {pipeline!r} (have: {', '.join(PIPELINE_PARAMS)})")
+    settings.check_results(results_uri)
     inputs = input_rows(source, pipeline, settings, marker=marker, layout=layout)
     specs: list[JobSpec] = []
     problems: list[str] = []

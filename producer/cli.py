@@ -290,6 +290,7 @@ def enqueue(
     except ValidationError as exc:
         err_console.print(f"[red]error:[/red] invalid job: {describe(exc)}", highlight=False)
         raise typer.Exit(2) from None
+    settings.check_results(spec.results_uri)
     submit([spec], settings, queue=queue)
     if not wait:
         if as_json:

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.checks import shown
-from shared.errors import ConfigError
+from shared.errors import ConfigError, InvalidInput
 
 GIB = 1024**3
 # Bucket names as S3 has allowed them (legacy us-east-1 buckets may hold capitals and '_').
@@ -255,6 +255,15 @@ class Settings(BaseSettings):
             )
         source = self.s3_sources[max(matches, key=len)]
         return source if source.region else source.model_copy(update={"region": self.s3_region})
+
+    def check_results(self, uri: str) -> None:
+        """Refuse a results location under an anonymous source before anything is enqueued:
+        unsigned requests only read, so every job would fail at its first write."""
+        if uri.startswith("s3://") and self.s3_source(uri).anonymous:
+            raise InvalidInput(
+                f"--results {uri} lies under an anonymous (read-only) source in "
+                "VOXFLEET_S3_SOURCES; results need a bucket voxfleet can write"
+            )
 
 
 def redacted(url: str) -> str:

@@ -2,8 +2,9 @@
 
 ``check(ctx)``, if a pipeline has one, validates what is cheap to read (sizes, small metadata)
 before any cluster starts. ``load(ctx)`` reads and validates the inputs from ``ctx.inputs``
-(raising ``InvalidInput`` with a one-line reason for anything wrong); it needs no cluster, and
-runs while one starts.
+(the diffusion pipelines open their series' dataset root with ``shared.layouts.open_series``
+instead: a BIDS input is one file of a dataset), raising ``InvalidInput`` with a one-line
+reason for anything wrong; it needs no cluster, and runs while one starts.
 ``run(ctx, loaded, client)`` does the chunked work on a ``distributed.Client``; workers write
 large outputs straight to ``ctx.out`` (the attempt's prefix) and the pipeline returns what they
 wrote, plus the small local files (maps, QC) for the consumer to upload. The consumer's publish
@@ -31,7 +32,7 @@ P = TypeVar("P", bound=PipelineParams)
 @dataclass
 class PipelineContext:
     spec: JobSpec
-    inputs: ObjectStore  # rooted at the job's input URI (the subject or volume)
+    inputs: ObjectStore  # rooted at the job's input URI (an HCP subject, a volume, a result)
     out: ObjectStore  # rooted at this attempt's output prefix; nothing here is visible yet
     timer: StageTimer
     settings: Settings

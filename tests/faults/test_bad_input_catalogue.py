@@ -123,8 +123,12 @@ CONSUMER_CASES: dict[str, Case] = {
     ),
     "no b0 volume": _subject("dti", "no b0 volume", bad.no_b0),
     # tractography: the segmentation and the white matter
-    "aparc+aseg missing": _subject(
-        "tractography", "use wm_source=fa", bad.delete(APARC), params=TRACT
+    # (with the default wm_source=auto a subject without one is tracked in FA white matter)
+    "aparc+aseg missing, wm_source=segmentation": _subject(
+        "tractography",
+        "use wm_source=fa",
+        bad.delete(APARC),
+        params={**TRACT, "wm_source": "segmentation"},
     ),
     "aparc+aseg with no white-matter label (empty WM mask)": _subject(
         "tractography", "has no white matter", bad.nifti(APARC, lambda a: a * 0 + 3), params=TRACT

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from shared.jobspec import JobSpec
 from shared.manifest import Manifest
 from shared.settings import Settings
 from shared.store import LocalStore
+from tests.bids_validator import errors, validate
 
 RAW = "s3://bucket/ds"
 QSIPREP = "/data/qsiprep"
@@ -101,27 +99,6 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
-
-
-def bids_validator() -> str | None:
-    here = Path(sys.executable).parent / "bids-validator-deno"
-    return str(here) if here.exists() else shutil.which("bids-validator-deno")
-
-
-def validate(root: Path) -> list[dict[str, Any]]:
-    binary = bids_validator()
-    if binary is None:
-        pytest.skip("bids-validator-deno is not installed (the dev extra has it)")
-    run = subprocess.run(
-        [binary, str(root), "--format", "json"], capture_output=True, text=True, timeout=120
-    )
-    assert run.stdout, run.stderr
-    issues: list[dict[str, Any]] = json.loads(run.stdout)["issues"]["issues"]
-    return issues
-
-
-def errors(issues: list[dict[str, Any]]) -> list[str]:
-    return [f"{i['code']} {i.get('location')}" for i in issues if i.get("severity") == "error"]
 
 
 def test_raw_bids_results_are_a_valid_derivatives_dataset(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.session
 import pytest
 from typer.testing import CliRunner
@@ -36,6 +35,8 @@ from producer.cli import app as cli
 from shared.errors import ConfigError, PermanentStoreError
 from shared.settings import S3Source, Settings, read_settings
 from shared.store import S3Store, open_store
+from tests.buckets import Lab, lab_endpoint, public_bucket
+from tests.buckets import admin as _admin
 
 DWI = bytes(range(256)) * 4096  # 1 MiB: a ranged read of 16 bytes is visibly not all of it
 DWI_KEY = "ds000114/sub-01/dwi/sub-01_dwi.nii.gz"
@@ -49,73 +50,18 @@ CREDENTIAL_VARIABLES = (
 )
 
 
-@dataclass(frozen=True)
-class Lab:
-    endpoint: str
-    bucket: str
-    key_id: str
-    secret: str
-
-
-def _admin(endpoint: str, region: str = "us-east-1", key: str = "admin", secret: str = "x") -> Any:
-    # Explicit keys: the set-up works whatever a test did to the environment's credentials.
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-    )
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """The lab's own endpoint: a moto process enforcing IAM, with a bucket in eu-west-1 and one
-    user allowed to read and write it (set up by its first 4 requests, unchecked)."""
-    from tests.faults.netcut import iam_enforcing_s3
-
-    log = tmp_path_factory.mktemp("lab-s3") / "moto.log"
-    with iam_enforcing_s3(log, unauthenticated_calls=4) as endpoint:
-        iam = boto3.client(
-            "iam",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="admin",
-            aws_secret_access_key="x",
-        )
-        iam.create_user(UserName="lab")
-        actions = ["s3:GetObject", "s3:PutObject", "s3:ListBucket"]
-        policy = {"Effect": "Allow", "Action": actions, "Resource": "*"}
-        iam.put_user_policy(
-            UserName="lab",
-            PolicyName="results",
-            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [policy]}),
-        )
-        key = iam.create_access_key(UserName="lab")["AccessKey"]
-        _admin(endpoint, "eu-west-1").create_bucket(
-            Bucket="lab-results", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
-        )
-        yield Lab(endpoint, "lab-results", key["AccessKeyId"], key["SecretAccessKey"])
+    with lab_endpoint(tmp_path_factory.mktemp("lab-s3") / "moto.log") as found:
+        yield found
 
 
 @pytest.fixture
 def inputs(s3_endpoint: str) -> str:
     """A bucket laid out like OpenNeuro's, readable by anyone through its bucket policy only."""
-    name = f"inputs-{uuid.uuid4().hex[:10]}"
-    admin = _admin(s3_endpoint)
-    admin.create_bucket(Bucket=name)
-    statements = [
-        {"Effect": "Allow", "Principal": "*", "Action": "s3:ListBucket",
-         "Resource": f"arn:aws:s3:::{name}"},
-        # s3:HeadObject is moto's name for HEAD (see above); AWS would want s3:GetObject alone.
-        {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:HeadObject"],
-         "Resource": f"arn:aws:s3:::{name}/*"},
-    ]  # fmt: skip
-    admin.put_bucket_policy(
-        Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": statements})
-    )
-    admin.put_object(Bucket=name, Key=DWI_KEY, Body=DWI)
-    admin.put_object(Bucket=name, Key="ds000114/dataset_description.json", Body=b"{}")
+    name = public_bucket(s3_endpoint, f"inputs-{uuid.uuid4().hex[:10]}")
+    _admin(s3_endpoint).put_object(Bucket=name, Key=DWI_KEY, Body=DWI)
+    _admin(s3_endpoint).put_object(Bucket=name, Key="ds000114/dataset_description.json", Body=b"{}")
     return name
 
 
@@ -132,11 +78,7 @@ def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture
 def lab_profile(lab: Lab, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The ``lab`` profile with the lab user's key, and ``stale`` with a wrong secret."""
-    credentials = tmp_path / "credentials"
-    credentials.write_text(
-        f"[lab]\naws_access_key_id = {lab.key_id}\naws_secret_access_key = {lab.secret}\n"
-        f"[stale]\naws_access_key_id = {lab.key_id}\naws_secret_access_key = not-it\n"
-    )
+    credentials = lab.credentials_file(tmp_path / "credentials")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
 
 
@@ -385,6 +327,34 @@ def test_the_cli_reports_a_write_to_a_public_source_in_one_line(
     line = out.stderr.strip()
     assert out.exit_code == 2, out.output
     assert "\n" not in line and "read-only" in line and f"s3://{inputs}/synthetic" in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["enqueue", "dti", "{dwi}", "--results", "s3://{inputs}/derivatives"],
+        ["campaign", "submit", "c", "dti", "--inputs", "{root}", "--results",
+         "s3://{inputs}/derivatives/voxfleet", "--dry-run"],
+    ],
+    ids=["enqueue", "campaign"],
+)  # fmt: skip
+def test_results_under_a_public_source_are_refused_before_anything_is_enqueued(
+    inputs: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    settings = Settings(
+        broker_url="redis://127.0.0.1:1/0",  # type: ignore[arg-type]  # never reached
+        s3_sources={f"s3://{inputs}/": S3Source(anonymous=True, endpoint_url=s3_endpoint)},
+    )
+    monkeypatch.setattr(shared.settings, "_active", settings)
+    values = {
+        "dwi": f"s3://{inputs}/{DWI_KEY}",
+        "root": f"s3://{inputs}/ds000114",
+        "inputs": inputs,
+    }
+    out = CliRunner().invoke(cli, [part.format(**values) for part in command])
+    line = out.stderr.strip()
+    assert out.exit_code == 2, out.output
+    assert "\n" not in line and "anonymous (read-only) source" in line, line
 
 
 # --- (e) bad VOXFLEET_S3_SOURCES values ---------------------------------------------------------
