@@ -57,12 +57,17 @@ def stem_of(key: str) -> str:
     raise InvalidInput(f"{key} is not a BIDS diffusion series (*_dwi.nii.gz)")
 
 
-def inherited(store: ObjectStore, key: str, extension: str) -> str | None:
+def inherited(
+    store: ObjectStore, key: str, extension: str, listed: frozenset[str] | None = None
+) -> str | None:
     """The sidecar of series ``key`` with ``extension`` (".bval"...), by BIDS inheritance: its
-    own, then one per level up whose name keeps only that level's entities."""
+    own, then one per level up whose name keeps only that level's entities. With ``listed``
+    (every key of the dataset, from one listing) no object is asked for: a campaign over
+    thousands of series on S3 would otherwise wait for a HEAD per candidate."""
+    exists = listed.__contains__ if listed is not None else store.exists
     stem = stem_of(key)
     own = f"{stem}_dwi{extension}"
-    if store.exists(own):
+    if exists(own):
         return own
     found = entities(key)
     sub, ses = found.get("subject"), found.get("session")
@@ -72,7 +77,7 @@ def inherited(store: ObjectStore, key: str, extension: str) -> str | None:
     if sub:
         candidates.append(f"sub-{sub}/sub-{sub}_dwi{extension}")
     candidates.append(f"dwi{extension}")
-    return next((c for c in candidates if store.exists(c)), None)
+    return next((c for c in candidates if exists(c)), None)
 
 
 def dataset_type(store: ObjectStore) -> dict[str, Any]:
@@ -109,6 +114,7 @@ class BidsLayout(Layout):
 
     def discover(self, store: ObjectStore, root_uri: str) -> list[Found]:
         keys = sorted(store.list())
+        listed = frozenset(keys)
         subjects = sorted({k.split("/", 1)[0] for k in keys if k.startswith("sub-")})
         series = [k for k in keys if k.startswith("sub-") and self.is_series(k)]
         root = root_uri.rstrip("/")
@@ -118,12 +124,12 @@ class BidsLayout(Layout):
             if not mine:
                 rows.append(Found(f"{root}/{subject}", subject, f"{subject}: no diffusion data"))
             for key in mine:
-                rows.append(self._found(store, root, key))
+                rows.append(self._found(store, root, key, listed))
         return rows
 
-    def _found(self, store: ObjectStore, root: str, key: str) -> Found:
+    def _found(self, store: ObjectStore, root: str, key: str, listed: frozenset[str]) -> Found:
         name = series_id(entities(key))
-        missing = [ext for ext in (".bval", ".bvec") if inherited(store, key, ext) is None]
+        missing = [ext for ext in (".bval", ".bvec") if inherited(store, key, ext, listed) is None]
         problem = f"{name}: no {' or '.join(missing)} for {key}" if missing else ""
         return Found(f"{root}/{key}", name, problem)
 

@@ -37,10 +37,22 @@ def test_a_dataset_is_found_by_its_layout(dataset: Path, tmp_path: Path) -> None
         detect(LocalStore(tmp_path / "empty"))
 
 
+class Counting(LocalStore):
+    """A store that counts the objects asked for one by one (a HEAD each on S3)."""
+
+    heads = 0
+
+    def exists(self, key: str) -> bool:
+        Counting.heads += 1
+        return super().exists(key)
+
+
 def test_one_job_per_series_and_one_line_per_unusable_subject(dataset: Path) -> None:
-    store = LocalStore(dataset)
+    store = Counting(dataset)
     layout = detect(store)
+    Counting.heads = 0
     found = layout.discover(store, str(dataset))
+    assert Counting.heads == 0  # one listing answers everything: no HEAD per series
     runnable = {f.subject: f for f in found if not f.problem}
     assert sorted(runnable) == ["sub-01_ses-1", "sub-01_ses-2", "sub-02_run-1", "sub-02_run-2"]
     problems = {f.subject: f.problem for f in found if f.problem}
@@ -83,6 +95,9 @@ def test_gradient_tables_are_inherited_from_higher_levels(tmp_path: Path) -> Non
     own.unlink()
     files = LAYOUTS["bids"].files(LocalStore(tmp_path), "sub-01/dwi/sub-01_dwi.nii.gz")
     assert files.bval == "dwi.bval" and files.bvec == "sub-01/dwi/sub-01_dwi.bvec"
+    # Discovery, from the listing alone, finds the same inherited table.
+    found = LAYOUTS["bids"].discover(LocalStore(tmp_path), str(tmp_path))
+    assert [f.problem for f in found] == [""]
 
 
 def test_entities_come_from_pybids() -> None:
