@@ -2,9 +2,11 @@
 
 Each input becomes a row (line number, input URI, subject, per-row parameters). Listing a prefix
 finds the series of a diffusion layout (``shared.layouts``: HCP, raw BIDS, QSIPrep; one row per
-series, its id as the subject) or, for the pipelines with an ``input_marker``, the folders that
-hold that file. Nothing is enqueued until every manifest row has been turned into a valid
-JobSpec; a bad row is reported by its line number.
+series, its id as the subject), the micro-CT volumes of every format the microstructure readers
+know (``shared.volumes``: Zarr, OME-Zarr, TIFF stacks, HDF5; one row per volume) or, for the
+other pipelines with an ``input_marker`` (and with ``--marker``), the folders that hold that
+file. Nothing is enqueued until every manifest row has been turned into a valid JobSpec; a bad
+row is reported by its line number.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from shared.layouts import LAYOUTS, detect, get_layout
 from shared.params import PIPELINE_PARAMS
 from shared.settings import Settings
 from shared.store import open_store, split_uri
+from shared.volumes import discover_volumes
 
 MANIFEST_SUFFIXES = (".csv", ".txt", ".tsv")
 INPUT_COLUMNS = ("input", "input_uri")
 MAX_ROWS = 1_000_000  # a manifest bigger than this is a mistake, not a campaign
 HEAD_THREADS = 32  # S3 HEAD latency dominates discovery; this many in flight hide it
+#: Pipelines whose listed inputs are volumes in any format, not folders holding one marker file
+#: (unless ``--marker`` names one: then only the folders holding it, as for the others).
+VOLUME_PIPELINES = frozenset({"microstructure"})
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,9 @@ class Inputs:
 
     rows: list[InputRow]
     #: "manifest" (bad rows are the user's typos: they stop the submit), "marker" (folders
-    #: holding a pipeline's marker file), or the diffusion layout's name ("hcp", "bids",
-    #: "qsiprep"; a series that cannot run is left out and reported).
+    #: holding a pipeline's marker file, or the volumes found by their format; one that cannot
+    #: run, a lone 2D TIFF, is left out and reported), or the diffusion layout's name ("hcp",
+    #: "bids", "qsiprep"; a series that cannot run is left out and reported).
     found_by: str
 
     @property
@@ -143,6 +150,28 @@ def marker_folders(prefix: str, marker: str, settings: Settings) -> list[InputRo
     return rows
 
 
+def _some_usable(rows: list[InputRow], where: str) -> list[InputRow]:
+    """``rows``, unless not one of them can run."""
+    bad = [row.problem for row in rows if row.problem]
+    if len(bad) == len(rows):
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InvalidInput(f"nothing usable below {where}: {bad[0]}{more}")
+    return rows
+
+
+def volume_rows(prefix: str, settings: Settings) -> list[InputRow]:
+    """One row per micro-CT volume below ``prefix``, whatever its format; a folder of TIFF files
+    that is no one stack (or a lone 2D image) is a row with its problem, left out and reported."""
+    found = discover_volumes(open_store(prefix, settings), prefix)
+    rows = [InputRow(0, f.input_uri, f.subject, problem=f.problem) for f in found]
+    if not rows:
+        raise InvalidInput(
+            f"no inputs below {prefix}: no Zarr array or group, OME-Zarr image, TIFF stack, "
+            "multi-page TIFF or HDF5 file"
+        )
+    return _some_usable(rows, prefix)
+
+
 def layout_series(prefix: str, layout: str | None, settings: Settings) -> Inputs:
     """One row per diffusion series below ``prefix``, in its detected (or the named) layout.
 
@@ -163,11 +192,7 @@ def layout_series(prefix: str, layout: str | None, settings: Settings) -> Inputs
     ]
     if not rows:
         raise InvalidInput(f"no inputs below {prefix}: no {chosen.name} series found")
-    bad = [row.problem for row in rows if row.problem]
-    if len(bad) == len(rows):
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise InvalidInput(f"nothing usable below {prefix} ({chosen.name}): {bad[0]}{more}")
-    return Inputs(rows, chosen.name)
+    return Inputs(_some_usable(rows, f"{prefix} ({chosen.name})"), chosen.name)
 
 
 def input_rows(
@@ -188,10 +213,13 @@ def input_rows(
             f"(--layout {'|'.join(LAYOUTS)})"
         )
     if default is not None and layout is not None:
-        raise InvalidInput(
-            f"--layout is not for {pipeline}: its inputs are folders holding {default!r} "
-            "(--marker names another file)"
+        what = (
+            "volumes found by their format (Zarr, OME-Zarr, TIFF, HDF5; --marker FILE: the "
+            "folders holding FILE instead)"
+            if pipeline in VOLUME_PIPELINES
+            else f"folders holding {default!r} (--marker names another file)"
         )
+        raise InvalidInput(f"--layout is not for {pipeline}: its inputs are {what}")
     if is_manifest(source):
         if marker is not None or layout is not None:
             raise InvalidInput("--marker and --layout apply to a folder or prefix, not a manifest")
@@ -200,4 +228,6 @@ def input_rows(
         raise InvalidInput(f"--inputs {source!r}: no such folder (or use a .csv/.txt manifest)")
     if default is None:
         return layout_series(source, layout, settings)
+    if pipeline in VOLUME_PIPELINES and marker is None:
+        return Inputs(volume_rows(source, settings), "marker")
     return Inputs(marker_folders(source, marker or default, settings), "marker")

@@ -203,10 +203,13 @@ def _numbers(value: Any) -> Any:
 
 
 class MicrostructureParams(PipelineParams):
-    """ITK Hessian-objectness fiber segmentation of a 3D Zarr volume (micro-CT), written as an
-    OME-Zarr image with a label image. Sigmas and halos are in voxels."""
+    """ITK Hessian-objectness fiber segmentation of a 3D micro-CT volume (a Zarr v2/v3 array,
+    an OME-Zarr image, a TIFF stack or an HDF5 dataset), written as an OME-Zarr image with a
+    label image. Sigmas and halos are in voxels."""
 
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: labels hold the fibers alone; fibers.csv
+    # A listed prefix is searched for volumes of every format (shared.volumes), not for this
+    # file; naming it keeps microstructure among the pipelines that take --marker.
     input_marker: ClassVar[str] = "zarr.json"
     sigmas: tuple[float, ...] = Field(
         default=(1.0, 2.0),
@@ -256,8 +259,24 @@ class MicrostructureParams(PipelineParams):
     )
     voxel_size: tuple[float, float, float] | None = Field(
         default=None,
-        description="(z, y, x) in micrometres; None = the input's 'voxel_size' "
-        "attribute, else 1 (unitless).",
+        description="(z, y, x) in micrometres; None = an OME-Zarr's multiscales metadata, "
+        "a Zarr array's 'voxel_size' attribute, else 1 (unitless).",
+    )
+    array: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The array inside a Zarr group or xarray dataset (its path in the group); "
+        "None = the group's only 3D array.",
+    )
+    level: int = Field(
+        default=0, ge=0, le=31, description="OME-Zarr resolution level (0 = full resolution)."
+    )
+    dataset: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="HDF5 dataset path; None = /exchange/data (DXchange).",
     )
     qc: bool = Field(default=True, description="Write the orthogonal-slices QC PNG.")
 
@@ -286,6 +305,19 @@ class MicrostructureParams(PipelineParams):
         if value is not None and any(not 0 < v < 1e6 for v in value):
             raise ValueError("voxel sizes must be positive (micrometres)")
         return value
+
+    @field_validator("array", "dataset", mode="before")
+    @classmethod
+    def _path_inside(cls, value: Any) -> Any:
+        # A path inside the input (a Zarr group, an HDF5 file), never a way out of it.
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `--param array=0` reads as JSON: OME-Zarr names its arrays so
+        if not isinstance(value, str):
+            return value
+        parts = value.strip("/").split("/")
+        if any(p in ("", ".", "..") for p in parts) or any(c in value for c in "\\\0\n\r\t"):
+            raise ValueError(f"{value!r} is not a path of names separated by '/'")
+        return "/".join(parts)
 
     @field_validator("threshold")
     @classmethod

@@ -77,7 +77,20 @@ class ObjectStore(ABC):
     def head_bytes(self, key: str, n: int) -> bytes:
         """The first ``n`` bytes of an object (a header), without reading the rest where the
         backend allows (a ranged GET on S3)."""
-        return self.get_bytes(key)[:n]
+        return self.get_range(key, 0, n)
+
+    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        """``data[start:end]`` of an object's bytes ``data`` (Python's slice rules: clipped to
+        its size, ``end=None`` to its end, a negative bound counted from the end), reading only
+        those where the backend allows (a ranged GET on S3, a seek on disk)."""
+        return self.get_bytes(key)[slice(start, end)]
+
+    def entries(self, prefix: str = "") -> tuple[builtins.list[str], builtins.list[str]]:
+        """(names of the files, names of the sub-folders) immediately below ``prefix``, sorted:
+        one delimited listing on S3, where ``list`` would walk every object below."""
+        base = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        files = sorted(key[len(base) :] for key in self.list(prefix) if "/" not in key[len(base) :])
+        return files, self.children(prefix)
 
     @abstractmethod
     def get_file(self, key: str, dest: Path) -> Path: ...

@@ -81,9 +81,14 @@ class LocalStore(ObjectStore):
             raise InvalidInput(f"is a directory, expected a file: {self.uri_for(key)}") from None
 
     def head_bytes(self, key: str, n: int) -> bytes:
+        return self.get_range(key, 0, n)
+
+    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
         try:
             with self._path(key).open("rb") as fh:
-                return fh.read(n)
+                low, high, _ = slice(start, end).indices(os.fstat(fh.fileno()).st_size)
+                fh.seek(low)
+                return fh.read(max(0, high - low))
         except (FileNotFoundError, NotADirectoryError):
             raise MissingInput(f"not found: {self.uri_for(key)}") from None
         except IsADirectoryError:
@@ -117,10 +122,15 @@ class LocalStore(ObjectStore):
         yield from found
 
     def children(self, prefix: str = "") -> builtins.list[str]:
+        return self.entries(prefix)[1]
+
+    def entries(self, prefix: str = "") -> tuple[builtins.list[str], builtins.list[str]]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir())
+            return [], []
+        found = [*base.iterdir()]
+        files = sorted(p.name for p in found if p.is_file() and not p.name.endswith(".part"))
+        return files, sorted(p.name for p in found if p.is_dir())
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         target = self._write_path(key)

@@ -193,11 +193,35 @@ class S3Store(ObjectStore):
             return body
 
     def head_bytes(self, key: str, n: int) -> bytes:
+        # At least one byte is asked for, so that a missing object is MissingInput for n=0 too.
+        return self.get_range(key, 0, max(n, 1))[:n]
+
+    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        from botocore.exceptions import ClientError
+
+        if end is None:
+            # A suffix or an open range: S3 clips both to the object's size itself.
+            asked = f"bytes=-{-start}" if start < 0 else f"bytes={start}-"
+        elif start >= 0 and end >= 0:
+            if end <= start:
+                self.size(key)  # nothing to read, but a missing object is still missing
+                return b""
+            asked = f"bytes={start}-{end - 1}"
+        else:  # a bound counted from the end, and another one: Python's rules need the size
+            low, high, _ = slice(start, end).indices(self.size(key))
+            return self.get_range(key, low, max(low, high))
         with _s3_errors(self.uri_for(key)):
-            body: bytes = self.client.get_object(
-                Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{max(n, 1) - 1}"
-            )["Body"].read()
-            return body[:n]
+            try:
+                body: bytes = self.client.get_object(
+                    Bucket=self.bucket, Key=self._key(key), Range=asked
+                )["Body"].read()
+            except ClientError as exc:
+                # A range that starts at or past the end (or any range of an empty object):
+                # S3 answers 416, Python's slice an empty string.
+                if str(exc.response.get("Error", {}).get("Code", "")) == "InvalidRange":
+                    return b""
+                raise
+            return body
 
     def get_file(self, key: str, dest: Path) -> Path:
         with _s3_errors(self.uri_for(key)):
@@ -228,16 +252,23 @@ class S3Store(ObjectStore):
                     yield obj["Key"][start:]
 
     def children(self, prefix: str = "") -> builtins.list[str]:
+        return self.entries(prefix)[1]
+
+    def entries(self, prefix: str = "") -> tuple[builtins.list[str], builtins.list[str]]:
         full = join(self.prefix, safe_key(prefix)) if prefix else self.prefix
+        start = len(f"{full}/") if full else 0
         paginator = self.client.get_paginator("list_objects_v2")
-        names: builtins.list[str] = []
+        files: builtins.list[str] = []
+        folders: builtins.list[str] = []
         with _s3_errors(f"s3://{self.bucket}/{full}"):
             for page in paginator.paginate(
                 Bucket=self.bucket, Prefix=f"{full}/" if full else "", Delimiter="/"
             ):
-                for common in page.get("CommonPrefixes", []):
-                    names.append(common["Prefix"].rstrip("/").rsplit("/", 1)[-1])
-        return sorted(names)
+                files.extend(obj["Key"][start:] for obj in page.get("Contents", []))
+                folders.extend(
+                    c["Prefix"][start:].rstrip("/") for c in page.get("CommonPrefixes", [])
+                )
+        return sorted(files), sorted(folders)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError

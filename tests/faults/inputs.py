@@ -13,6 +13,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -207,3 +208,65 @@ def corrupt_chunks(path: Path) -> None:
 def replace_with_file(path: Path) -> None:
     shutil.rmtree(path)
     path.write_bytes(b"\x1f\x8b not a Zarr array")
+
+
+# --- a volume in another format (each replaces the array's folder) ---------------------------
+
+PLANE = np.arange(16 * 16, dtype=np.uint16).reshape(16, 16)
+
+
+def replace_with_tiffs(slices: dict[str, np.ndarray]) -> Callable[[Path], None]:
+    """The folder becomes a TIFF stack: one file per name."""
+
+    def mutate(path: Path) -> None:
+        import tifffile
+
+        shutil.rmtree(path)
+        path.mkdir()
+        for name, plane in slices.items():
+            tifffile.imwrite(path / name, plane)
+
+    return mutate
+
+
+def replace_with_hdf5(datasets: dict[str, np.ndarray]) -> Callable[[Path], None]:
+    """The folder holds one HDF5 file (a scan's folder), with these datasets."""
+
+    def mutate(path: Path) -> None:
+        import h5py  # type: ignore[import-untyped]
+
+        shutil.rmtree(path)
+        path.mkdir()
+        with h5py.File(path / "scan.h5", "w") as f:
+            for name, data in datasets.items():
+                f.create_dataset(name, data=data)
+
+    return mutate
+
+
+def replace_with_ome_zarr(shapes: list[tuple[int, int, int]]) -> Callable[[Path], None]:
+    """The folder becomes an OME-Zarr 0.5 image whose level k has ``shapes[k]`` and is
+    declared a downsampling of level 0 by 2**k."""
+
+    def mutate(path: Path) -> None:
+        import zarr
+
+        shutil.rmtree(path)
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        datasets: list[Any] = []
+        for level, shape in enumerate(shapes):
+            group.create_array(f"s{level}", shape=shape, dtype="u2")
+            scale = [float(2**level)] * 3
+            datasets.append(
+                {
+                    "path": f"s{level}",
+                    "coordinateTransformations": [{"type": "scale", "scale": scale}],
+                }
+            )
+        axes: list[Any] = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+        group.attrs["ome"] = {
+            "version": "0.5",
+            "multiscales": [{"axes": axes, "datasets": datasets}],
+        }
+
+    return mutate

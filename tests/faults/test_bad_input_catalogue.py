@@ -176,6 +176,31 @@ CONSUMER_CASES: dict[str, Case] = {
     "sigma too large for the volume": _volume(
         "too large for a volume", None, params={"sigmas": [8.0]}
     ),
+    # microstructure: the other formats (TIFF stacks, HDF5, OME-Zarr)
+    "TIFF stack of one 2D image (not a volume)": _volume(
+        "a single 2D image", bad.replace_with_tiffs({"slice_0001.tif": bad.PLANE})
+    ),
+    "TIFF stack with a gap in the numbering": _volume(
+        "a gap in the numbering: slice_0002.tif, then slice_0004.tif",
+        bad.replace_with_tiffs({f"slice_000{i}.tif": bad.PLANE for i in (1, 2, 4, 5)}),
+    ),
+    "TIFF slices of different shapes": _volume(
+        "slices differ",
+        bad.replace_with_tiffs(
+            {"s_1.tif": bad.PLANE, "s_2.tif": bad.PLANE[:8], "s_3.tif": bad.PLANE}
+        ),
+    ),
+    "HDF5 without its dataset (/exchange/data)": _volume(
+        "/exchange/data is no such dataset (datasets: /entry/data 16x16x16)",
+        bad.replace_with_hdf5({"entry/data": np.ones((16, 16, 16), np.uint16)}),
+    ),
+    "HDF5 dataset is 2D": _volume(
+        "expected a 3D volume", bad.replace_with_hdf5({"exchange/data": bad.PLANE})
+    ),
+    "OME-Zarr levels disagree": _volume(
+        "OME-Zarr levels disagree: level 1 (s1) has shape (8, 8, 3)",
+        bad.replace_with_ome_zarr([(16, 16, 16), (8, 8, 3)]),
+    ),
     # messages that never went through our producer: the consumer's own validation
     "hostile subject id ../../etc (raw message)": _raw("dti", "subject", subject="../../etc"),
     "subject id with a separator (raw message)": _raw("dti", "subject", subject="a/b"),

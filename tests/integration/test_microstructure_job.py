@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from shared.jobspec import JobSpec
 from shared.manifest import Manifest
 from shared.settings import Settings
 from shared.store import open_store
+from tests.integration.harness import upload_dir
 
 pytestmark = [
     pytest.mark.usefixtures("consumer"),
@@ -90,3 +92,59 @@ def test_microstructure_job_from_s3_to_ome_zarr(
     dice = 2 * np.count_nonzero(seg & expected) / (seg.sum() + expected.sum())
     assert dice > 0.85, dice  # a 64^3 volume is mostly border; the 96^3+ tests hold 0.9
     assert abs(manifest.summary["volume_fraction"] - phantom.volume_fraction) < 0.03
+
+
+def _tiff_stack(volume: np.ndarray, folder: Path) -> str:
+    import tifffile
+
+    folder.mkdir()
+    for z, plane in enumerate(volume):
+        tifffile.imwrite(folder / f"recon_{z:05d}.tiff", plane)
+    return folder.name
+
+
+def _dxchange(volume: np.ndarray, folder: Path) -> str:
+    import h5py  # type: ignore[import-untyped]
+
+    folder.mkdir()
+    with h5py.File(folder / "scan.h5", "w") as f:
+        data = f.create_dataset("exchange/data", data=volume, chunks=(16, 48, 48))
+        data.attrs["voxel_size"] = [1.0, 1.0, 1.0]
+        data.attrs["unit"] = "micrometer"
+        f.create_dataset("exchange/theta", data=np.linspace(0, 180, 10))
+    return f"{folder.name}/scan.h5"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "write", "unit"), [("tiff", _tiff_stack, None), ("hdf5", _dxchange, "micrometer")]
+)
+def test_microstructure_job_reads_tiff_stacks_and_hdf5_from_s3(
+    fmt: str, write: Any, unit: str | None, bucket: str, settings: Settings, tmp_path: Path
+) -> None:
+    """A 48^3 phantom as TIFF slices and as a DXchange HDF5 file (in a scan's folder) on S3:
+    the consumer checks the headers, its workers read their chunks with ranged reads, and the
+    phantom's fibers are found."""
+    local = tmp_path / "phantom.zarr"
+    phantom = write_phantom(str(local), PhantomSpec(shape=(48, 48, 48), seed=8), settings)
+    volume = zarr.open_array(str(local), mode="r")[:]
+    (tmp_path / "upload").mkdir()
+    name = write(volume, tmp_path / "upload" / fmt)
+    assert settings.s3_endpoint_url is not None
+    volumes = upload_dir(tmp_path / "upload", bucket, "volumes", settings.s3_endpoint_url)
+    input_uri = f"{volumes}/{name}"
+    spec = JobSpec(
+        pipeline="microstructure",
+        input_uri=input_uri,
+        results_uri=f"s3://{bucket}/results",
+        params={"qc": False},
+    )
+    submit([spec], settings)
+    record = wait_for([spec.job_id], settings, timeout_s=300)[spec.job_id]
+    assert record["state"] == "done", record
+    store = open_store(f"s3://{bucket}/results", settings)
+    key = record["result"].removeprefix(f"s3://{bucket}/results/")
+    summary = Manifest.model_validate_json(store.get_bytes(key)).summary
+    assert summary["shape"] == [48, 48, 48] and summary["dtype"] == "uint16"
+    assert summary["unit"] == unit and summary["voxel_size"] == [1.0, 1.0, 1.0]
+    assert summary["fibers"] > 0
+    assert abs(summary["volume_fraction"] - phantom.volume_fraction) < 0.05, summary

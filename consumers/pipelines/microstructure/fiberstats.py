@@ -1,13 +1,16 @@
 """Thresholds and fiber statistics, computed from blocks and merged in the consumer.
 
 Each label block reports, for every label it holds, ten moments (voxel count, coordinate sums
-and second moments); labels that span blocks simply add up. From those the consumer gets sizes
-and, per fiber, the principal axis of its voxels: the fiber's direction.
+and second moments) and its first voxel in C order; labels that span blocks simply add up (the
+first voxel: the smallest). From those the consumer gets sizes, the order in which the fibers
+are numbered (``relabel``) and, per fiber, the principal axis of its voxels: the fiber's
+direction (``geometry``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,7 @@ from numpy.typing import NDArray
 
 OTSU_BINS = 1024
 N_MOMENTS = 10  # count, sum z, y, x, then zz, zy, zx, yy, yx, xx
+FIRST = N_MOMENTS  # the column after the moments: the C-order index of the first voxel
 MIN_ELONGATION = 2.0  # a component whose long axis is not this much longer has no direction
 
 
@@ -55,18 +59,29 @@ def noise_sigma(boxes: list[NDArray[Any]]) -> dict[str, Any]:
     return {"noise": min(per_axis) if per_axis else 0.0, "per_axis": per_axis}
 
 
-def block_moments(labels: NDArray[Any], offset: tuple[int, int, int]) -> NDArray[np.float64]:
-    """Rows ``(label, count, sums..., second moments...)`` for the labels in one block, in
-    volume coordinates (``offset`` is the block's corner).
+def block_moments(
+    labels: NDArray[Any],
+    offset: tuple[int, int, int],
+    volume_shape: tuple[int, int, int] | None = None,
+) -> NDArray[np.float64]:
+    """Rows ``(label, count, sums..., second moments..., first)`` for the labels in one block,
+    in volume coordinates (``offset`` is the block's corner; ``volume_shape`` None: the block is
+    the whole volume). ``first`` is the C-order index in the volume of the label's first voxel
+    in this block.
 
     One z plane at a time: z is constant there, so its four moments follow from the plane's
     count and y, x sums, and only six weighted counts run over the voxels (ten over every
-    voxel was 1.7x the CPU). Every term is a sum of integers, exact in float64."""
+    voxel was 1.7x the CPU). Every term is a sum of integers, exact in float64 (and so is
+    ``first`` below 2^53 voxels)."""
     top = int(labels.max()) if labels.size else 0
     if top == 0:
-        return np.empty((0, N_MOMENTS + 1))
+        return np.empty((0, N_MOMENTS + 2))
+    _, height, width = volume_shape or tuple(
+        o + n for o, n in zip(offset, labels.shape, strict=True)
+    )
     n = top + 1
     acc = np.zeros((n, N_MOMENTS))
+    first = np.full(n, np.inf)
     for k in range(labels.shape[0]):
         plane = labels[k]
         y, x = np.nonzero(plane)
@@ -77,6 +92,7 @@ def block_moments(labels: NDArray[Any], offset: tuple[int, int, int]) -> NDArray
         xx = (x + offset[2]).astype(np.float64)
         z = float(offset[0] + k)
         count = np.bincount(ids, minlength=n)
+        _first_in_plane(first, ids, count, (z * height + yy) * width + xx)
         sum_y = np.bincount(ids, yy, n)
         sum_x = np.bincount(ids, xx, n)
         acc[:, 0] += count
@@ -91,15 +107,41 @@ def block_moments(labels: NDArray[Any], offset: tuple[int, int, int]) -> NDArray
         acc[:, 9] += np.bincount(ids, xx * xx, n)
     present = np.flatnonzero(acc[:, 0])
     present = present[present > 0]
-    return np.column_stack([present.astype(np.float64), acc[present]])
+    return np.column_stack([present.astype(np.float64), acc[present], first[present]])
+
+
+def _first_in_plane(
+    first: NDArray[np.float64], ids: NDArray[np.intp], count: NDArray[Any], index: NDArray[Any]
+) -> None:
+    """Planes come in z order and ``nonzero`` lists a plane in C order, so a label's first voxel
+    is its first one in the first plane that holds it: only labels new in this plane are
+    looked up (most planes add none)."""
+    new = (count > 0) & np.isinf(first)
+    if not new.any():
+        return
+    mask = new[ids]
+    found, where = np.unique(ids[mask], return_index=True)
+    first[found] = index[mask][where]
 
 
 def merge_moments(rows: list[NDArray[np.float64]], n_labels: int) -> NDArray[np.float64]:
-    acc = np.zeros((n_labels + 1, N_MOMENTS))
+    """Per global label (row = label, row 0 the background): the moments summed over blocks,
+    then the first voxel (the smallest of the blocks')."""
+    acc = np.zeros((n_labels + 1, N_MOMENTS + 1))
+    acc[:, FIRST] = np.inf
     for part in rows:
         if part.size:
-            np.add.at(acc, part[:, 0].astype(np.intp), part[:, 1:])
+            ids = part[:, 0].astype(np.intp)
+            np.add.at(acc[:, :N_MOMENTS], ids, part[:, 1 : N_MOMENTS + 1])
+            np.minimum.at(acc[:, FIRST], ids, part[:, FIRST + 1])
     return acc
+
+
+def fiber_mask(moments: NDArray[np.float64], min_fiber_voxels: int) -> NDArray[np.bool_]:
+    """Which rows of merged moments are fibers (the background row never is)."""
+    keep: NDArray[np.bool_] = moments[:, 0] >= min_fiber_voxels
+    keep[0] = False
+    return keep
 
 
 def size_histogram(sizes: NDArray[Any]) -> dict[str, list[int]]:
@@ -112,41 +154,85 @@ def size_histogram(sizes: NDArray[Any]) -> dict[str, list[int]]:
     return {"edges": [int(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def orientation(
-    moments: NDArray[np.float64], keep: NDArray[np.bool_], voxel_size: tuple[float, float, float]
-) -> dict[str, Any] | None:
-    """Mean fiber direction (z, y, x; unit vector with z >= 0) from the principal axes of the
-    ``keep`` components, weighted by voxel count; and how far fibers stray from it."""
-    m = moments[keep]
-    n = m[:, 0]
-    if n.size == 0:
-        return None
+@dataclass(frozen=True)
+class Geometry:
+    """Per component, in physical units (``voxel_size``): the shape its moments describe."""
+
+    voxels: NDArray[np.float64]  # (n,)
+    centroid: NDArray[np.float64]  # (n, 3) z, y, x; voxel i's centre lies at i * voxel_size
+    direction: NDArray[np.float64]  # (n, 3) unit principal axis, signed so that z >= 0
+    variances: NDArray[np.float64]  # (n, 3) along the principal axes, smallest first
+    length: NDArray[np.float64]  # (n,) see ``geometry``
+
+    @property
+    def elongation(self) -> NDArray[np.float64]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio: NDArray[np.float64] = np.sqrt(
+                np.maximum(self.variances[:, 2], 0) / np.maximum(self.variances[:, 1], 1e-12)
+            )
+        return ratio
+
+
+def geometry(moments: NDArray[np.float64], voxel_size: tuple[float, float, float]) -> Geometry:
+    """Centroid, principal direction and length of each row of ``moments`` (no empty rows).
+
+    The length is that of a uniform rod with the component's variance along its axis
+    (L^2 / 12, whatever the radius), the component taken as the union of its voxel boxes: the
+    voxel centres' variance plus a box's own along the axis (sum of d_i^2 v_i^2 / 12), so a
+    straight run of n voxels is n voxels long. A variance, unlike the extent of the voxels'
+    projections, barely moves for a speck of noise stuck to a fiber's end, and needs no second
+    pass over the labels."""
+    n = moments[:, 0]
     scale = np.asarray(voxel_size, dtype=np.float64)
-    mean = m[:, 1:4] / n[:, None]
-    second = m[:, 4:10] / n[:, None]
+    mean = moments[:, 1:4] / n[:, None]
+    second = moments[:, 4:10] / n[:, None]
     cov = np.empty((n.size, 3, 3))
     pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
     for k, (i, j) in enumerate(pairs):
         value = (second[:, k] - mean[:, i] * mean[:, j]) * scale[i] * scale[j]
         cov[:, i, j] = cov[:, j, i] = value
     evals, evecs = np.linalg.eigh(cov)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        elongation = np.sqrt(np.maximum(evals[:, 2], 0) / np.maximum(evals[:, 1], 1e-12))
-    long = elongation >= MIN_ELONGATION
+    axis = evecs[:, :, 2]
+    # One sign per line: z >= 0 (the first non-zero component's, in a plane of constant z).
+    lead = axis[np.arange(len(axis)), np.argmax(axis != 0, axis=1)]
+    axis = np.where(lead[:, None] < 0, -axis, axis)
+    box = (axis**2 * scale**2).sum(axis=1)
+    return Geometry(
+        voxels=n,
+        centroid=mean * scale,
+        direction=axis,
+        variances=np.maximum(evals, 0.0),
+        length=np.sqrt(12 * np.maximum(evals[:, 2], 0.0) + box),
+    )
+
+
+def orientation(
+    moments: NDArray[np.float64], keep: NDArray[np.bool_], voxel_size: tuple[float, float, float]
+) -> dict[str, Any] | None:
+    """Mean fiber direction (z, y, x; unit vector with z >= 0) from the principal axes of the
+    ``keep`` components that are elongated enough to have one, weighted by voxel count (their
+    volume); how far fibers stray from it; and the orientation tensor (the volume-weighted mean
+    of d d^T) with its eigenvalues, largest first (1, 0, 0: all parallel; 1/3 each:
+    isotropic)."""
+    if not keep.any():
+        return None
+    shape = geometry(moments[keep], voxel_size)
+    long = shape.elongation >= MIN_ELONGATION
     if not long.any():
         return None
-    axes, weights = evecs[long, :, 2], n[long]
+    axes, weights = shape.direction[long], shape.voxels[long]
     tensor = np.einsum("k,ki,kj->ij", weights, axes, axes) / weights.sum()
-    direction = np.linalg.eigh(tensor)[1][:, 2]
-    direction = direction if direction[0] >= 0 else -direction
+    evals, evecs = np.linalg.eigh(tensor)
+    direction = evecs[:, 2] if evecs[0, 2] >= 0 else -evecs[:, 2]
     deviation = np.degrees(np.arccos(np.clip(np.abs(axes @ direction), 0.0, 1.0)))
     return {
         "direction_zyx": [round(float(v), 6) for v in direction],
         "angle_from_z_deg": round(float(np.degrees(np.arccos(min(1.0, abs(direction[0]))))), 4),
         "mean_deviation_deg": round(float(np.average(deviation, weights=weights)), 4),
         "fibers_with_direction": int(long.sum()),
-        # A uniform rod of length L has variance L^2 / 12 along its axis.
-        "mean_length": round(float(np.average(np.sqrt(12 * evals[long, 2]), weights=weights)), 3),
+        "mean_length": round(float(np.average(shape.length[long], weights=weights)), 3),
+        "tensor_zyx": [[round(float(v), 6) for v in row] for row in tensor],
+        "tensor_eigenvalues": [round(float(v), 6) for v in evals[::-1]],
     }
 
 
@@ -158,19 +244,22 @@ def fiber_statistics(
     voxel_size: tuple[float, float, float],
     with_orientation: bool,
 ) -> dict[str, Any]:
+    """Counts and sizes of all components; the volume fraction and orientation of the fibers
+    (the components of ``min_fiber_voxels`` or more: what the label image holds)."""
     sizes = moments[1:, 0]
-    fibers = sizes >= min_fiber_voxels
-    fiber_voxels = int(sizes.sum())
+    keep = fiber_mask(moments, min_fiber_voxels)
+    fiber_voxels = int(moments[keep, 0].sum())
+    segmented = int(sizes.sum())
     stats: dict[str, Any] = {
         "components": int(np.count_nonzero(sizes)),
-        "fibers": int(fibers.sum()),
+        "fibers": int(keep.sum()),
         "min_fiber_voxels": min_fiber_voxels,
         "fiber_voxels": fiber_voxels,
         "volume_fraction": round(fiber_voxels / total_voxels, 6) if total_voxels else 0.0,
+        "segmented_voxels": segmented,  # above the threshold, fibers or not
         "size_histogram_voxels": size_histogram(sizes[sizes > 0]),
         "largest_component_voxels": int(sizes.max()) if sizes.size else 0,
     }
     if with_orientation:
-        keep = np.concatenate([[False], fibers])
         stats["orientation"] = orientation(moments, keep, voxel_size)
     return stats

@@ -12,13 +12,24 @@ Pyramid levels halve the axes whose voxels are finest: all of them for isotropic
 and x while z voxels are at least twice as coarse (per-axis factors, recorded as each level's
 ``scale``). The image is averaged (its level-k voxel centre moves by half the footprint, so the
 level also gets a ``translation``); labels are subsampled (a label value must stay a label).
+Each multiscale names its method (``type``, ``metadata``), as NGFF 0.5 asks.
+
+The label image lists a colour for every label (~150 B of zarr.json each), not for a few:
+from a partial list napari-ome-zarr builds a direct colour map of the listed labels alone, and
+draws every other label transparent. A list is needed at all because ome-zarr-models (1.6)
+fails an image whose label image has no ``colors`` (its validator iterates None), though NGFF
+0.5 only says SHOULD. Past ``MAX_COLORED_LABELS`` the list is empty: valid, and viewers pick
+their own palette. Each fiber's size, length and diameter go to ``properties`` (hover text in
+napari) for up to ``MAX_DESCRIBED_LABELS`` fibers; ``fibers.csv`` always has every fiber.
 """
 
 from __future__ import annotations
 
+import colorsys
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -33,6 +44,14 @@ from shared.store import ObjectInfo
 AXES = ("z", "y", "x")
 MIN_LEVEL_SIDE = 32  # stop once the largest side of a level is at most this
 MAX_LEVELS = 10
+MAX_COLORED_LABELS = 100_000  # a colour each: 15 MB of zarr.json at most
+MAX_DESCRIBED_LABELS = 1000  # properties are in fibers.csv anyway; these are for hover text
+NGFF_VERSION = "0.5"
+# Per downsampling: (``type``: ome-zarr-py's name for the method, the function that does it).
+METHODS = {
+    "mean": ("local_mean", "consumers.pipelines.microstructure.ngff.downsample_mean"),
+    "nearest": ("nearest", "consumers.pipelines.microstructure.ngff.downsample_nearest"),
+}
 
 
 @dataclass(frozen=True)
@@ -84,7 +103,7 @@ def _create_multiscale(
     voxel_size: tuple[float, float, float],
     unit: str | None,
     name: str,
-    centred: bool,
+    how: str,
 ) -> list[zarr.Array[Any]]:
     arrays = [
         group.create_array(
@@ -102,6 +121,8 @@ def _create_multiscale(
         )
         for level in levels
     ]
+    # A mean moves a coarse voxel's centre to the middle of its footprint; a subsample does not.
+    centred = how == "mean"
     datasets = [
         {"path": level.path, "coordinateTransformations": _transforms(level, voxel_size, centred)}
         for level in levels
@@ -109,8 +130,42 @@ def _create_multiscale(
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import write_multiscales_metadata
 
-    write_multiscales_metadata(group, datasets, fmt=FormatV05(), axes=_axes(unit), name=name)
+    kind, function = METHODS[how]
+    write_multiscales_metadata(
+        group,
+        datasets,
+        fmt=FormatV05(),
+        axes=_axes(unit),
+        name=name,
+        metadata={"method": function, "description": _DESCRIPTIONS[how]},
+    )
+    # ome-zarr-py passes "metadata" on but drops "type".
+    _amend(group, lambda ome: ome["multiscales"][0].update(type=kind))
     return arrays
+
+
+_DESCRIPTIONS = {
+    "mean": "mean over each level's footprint (the halved axes), an odd edge repeating its last",
+    "nearest": "every other voxel along the halved axes (a label stays a label)",
+}
+
+
+def _amend(group: zarr.Group, change: Callable[[dict[str, Any]], object]) -> None:
+    """Edit the group's ``ome`` attributes in place (``change`` mutates the dict)."""
+    ome: dict[str, Any] = dict(cast("dict[str, Any]", group.attrs["ome"]))
+    change(ome)
+    group.attrs["ome"] = ome
+
+
+def label_colors(count: int) -> list[dict[str, Any]]:
+    """Distinct, reproducible colours for labels 1..count: hues a golden angle apart, so
+    neighbouring labels (fibers numbered along z then y then x) differ."""
+    colors = []
+    for value in range(1, count + 1):
+        hue = (value * 0.618033988749895) % 1.0
+        rgb = colorsys.hsv_to_rgb(hue, 0.75 + 0.25 * (value % 2), 0.95)
+        colors.append({"label-value": value, "rgba": [round(255 * c) for c in rgb] + [255]})
+    return colors
 
 
 def create(
@@ -124,22 +179,39 @@ def create(
     unit: str | None,
     image_name: str,
     label_name: str,
+    label_count: int = 0,
+    label_properties: list[dict[str, Any]] | None = None,
 ) -> tuple[list[zarr.Array[Any]], list[zarr.Array[Any]]]:
-    """Groups, arrays and metadata of the image and its label image (no chunk data yet)."""
+    """Groups, arrays and metadata of the image and its label image (no chunk data yet).
+
+    ``label_count``: the labels are 1..label_count; ``label_properties``: one dict for each
+    (with its ``label-value``), kept for at most ``MAX_DESCRIBED_LABELS`` labels."""
     root = zarr.create_group(store, zarr_format=3)
     image = _create_multiscale(
-        root, levels, image_dtype, storage, voxel_size, unit, image_name, centred=True
+        root, levels, image_dtype, storage, voxel_size, unit, image_name, "mean"
     )
     labels_group = root.create_group("labels")
     fibers = labels_group.create_group(label_name)
     labels = _create_multiscale(
-        fibers, levels, label_dtype, storage, voxel_size, unit, label_name, centred=False
+        fibers, levels, label_dtype, storage, voxel_size, unit, label_name, "nearest"
     )
-    # source: where viewers find the image these labels belong to (the root, two levels up).
+    colored = label_count <= MAX_COLORED_LABELS
+    described = label_properties if 0 < label_count <= MAX_DESCRIBED_LABELS else None
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import write_label_metadata
 
-    write_label_metadata(labels_group, label_name, fmt=FormatV05(), source={"image": "../../"})
+    # source: where viewers find the image these labels belong to (the root, two levels up).
+    write_label_metadata(
+        labels_group,
+        label_name,
+        colors=label_colors(label_count) if colored else [],
+        properties=described,
+        fmt=FormatV05(),
+        source={"image": "../../"},
+    )
+    # ome-zarr-py (0.16) writes the labels group's "ome" without the "version" NGFF 0.5
+    # requires of every group's "ome"; validators reject the whole image without it.
+    _amend(labels_group, lambda ome: ome.setdefault("version", NGFF_VERSION))
     return image, labels
 
 

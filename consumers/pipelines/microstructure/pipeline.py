@@ -4,8 +4,10 @@
 objectness ``gamma``. ``run``: ITK objectness chunk by chunk (``map_overlap`` with the halo the
 recursive Gaussian needs, chunks chosen so the halo costs little), one global threshold by
 comparison, connected components across chunks (dask-image), fiber statistics from per-block
-moments, then an OME-Zarr image (the objectness) with the labels as its label image, written
-chunk by chunk by the workers, ``stats.json`` and a QC PNG.
+moments, the components renumbered to the fibers alone (``relabel``: specks under
+``min_fiber_voxels`` become background), then an OME-Zarr image (the objectness) with the
+fibers as its label image, written chunk by chunk by the workers, ``stats.json``, the
+per-fiber table ``fibers.csv`` and a QC PNG.
 
 Non-finite voxels (NaN, inf) fail the job (``InvalidInput``): the sample catches most at load,
 every chunk checks its own. Replacing them would bend the Hessian for sigmas around each one.
@@ -29,10 +31,11 @@ from distributed import wait
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.fanout import Measured, collect, record_tasks, worker_count
-from consumers.pipelines.microstructure import fiberstats, ngff, qc
+from consumers.pipelines.microstructure import fiberstats, fibertable, ngff, qc, relabel
 from consumers.pipelines.microstructure.blocks import objectness_block
 from consumers.pipelines.microstructure.chunking import ChunkPlan, plan_chunks, task_voxel_budget
 from consumers.pipelines.microstructure.objectness import ObjectnessSpec
+from consumers.pipelines.microstructure.readers.base import Selection
 from consumers.pipelines.microstructure.volume import Volume, open_volume
 from consumers.pipelines.microstructure.zarrstore import ObjectZarrStore
 from shared.errors import InvalidInput
@@ -46,6 +49,7 @@ WORKER_MODULES = (
     "consumers.pipelines.microstructure.blocks",
     "consumers.pipelines.microstructure.ngff",
     "consumers.pipelines.microstructure.fiberstats",
+    "consumers.pipelines.microstructure.relabel",
     "dask_image.ndmeasure",
 )
 
@@ -73,18 +77,27 @@ def _fits(shape: tuple[int, int, int], params: MicrostructureParams) -> None:
 
 
 def check(ctx: PipelineContext) -> None:
-    """Before any cluster starts: a 3D Zarr v3 array of numbers within the limits (metadata
-    only), large enough for the largest sigma."""
+    """Before any cluster starts: a 3D volume of numbers within the limits, in a format the
+    readers know (its metadata and every TIFF slice's header only), large enough for the
+    largest sigma."""
     params = ctx.params(MicrostructureParams)
-    volume = open_volume(ctx.inputs, ctx.settings, voxel_size=params.voxel_size, sample=False)
+    volume = open_volume(
+        ctx.inputs,
+        ctx.settings,
+        voxel_size=params.voxel_size,
+        sample=False,
+        selection=Selection.of(params),
+    )
     _fits(volume.shape, params)
 
 
 def load(ctx: PipelineContext) -> Loaded:
-    """Open and validate the array, and fix gamma; runs before any cluster exists."""
+    """Open and validate the volume, and fix gamma; runs before any cluster exists."""
     params = ctx.params(MicrostructureParams)
     with ctx.timer.stage("load"):
-        volume = open_volume(ctx.inputs, ctx.settings, voxel_size=params.voxel_size)
+        volume = open_volume(
+            ctx.inputs, ctx.settings, voxel_size=params.voxel_size, selection=Selection.of(params)
+        )
         _fits(volume.shape, params)
         if params.gamma is not None:
             gamma: dict[str, Any] = {"value": params.gamma, "method": "given"}
@@ -144,7 +157,10 @@ def _cores(
 
 def _filter(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: Any) -> da.Array:
     """The objectness of the whole volume, chunk by chunk, persisted on the workers."""
-    source = da.from_zarr(loaded.volume.array, chunks=plan.dask_chunks)
+    # The reader's lazy array: each task reads its own region straight from the store.
+    source = da.from_array(
+        loaded.volume.array, chunks=plan.dask_chunks, meta=np.empty((0, 0, 0), loaded.volume.dtype)
+    )
     log = f"objectness-{uuid.uuid4()}"  # this job's task stats, on a cluster others may share
     with ctx.timer.stage("objectness"):
         # overlap + map_blocks rather than map_overlap: each task returns its chunk without
@@ -190,12 +206,24 @@ def _moments(labels: da.Array, n_labels: int, client: Any) -> np.ndarray:
     blocks = labels.to_delayed()
     tasks = [
         delayed(fiberstats.block_moments)(
-            blocks[idx], tuple(int(starts[a][i]) for a, i in enumerate(idx))
+            blocks[idx], tuple(int(starts[a][i]) for a, i in enumerate(idx)), labels.shape
         )
         for idx in np.ndindex(*blocks.shape)
     ]
     rows = client.gather(client.compute(tasks))
     return fiberstats.merge_moments(list(rows), n_labels)
+
+
+def _relabel(components: da.Array, table: np.ndarray, client: Any) -> da.Array:
+    """The fibers' label image, block by block on the workers where the components lie."""
+    # One copy of the table per worker, not one per task (a label per component: MBs on a
+    # noisy volume).
+    shared = client.scatter(table, broadcast=True, hash=True)
+    lazy = da.map_blocks(relabel.apply, components, shared, dtype=np.uint32)
+    labels: da.Array = client.persist(lazy)
+    wait(labels)
+    _raise_task_errors(labels)
+    return labels
 
 
 def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
@@ -216,13 +244,13 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     with ctx.timer.stage("threshold"):
         threshold = _threshold(objectness, params, client)
     with ctx.timer.stage("label"):
-        labels, _ = ndmeasure.label(objectness > threshold["value"])
-        labels = client.persist(labels.astype(np.uint32))
-        wait(labels)
-        _raise_task_errors(labels)
-        n_labels = int(client.compute(labels.max()).result())
+        components, _ = ndmeasure.label(objectness > threshold["value"])
+        components = client.persist(components.astype(np.uint32))
+        wait(components)
+        _raise_task_errors(components)
+        n_labels = int(client.compute(components.max()).result())
     with ctx.timer.stage("stats"):
-        moments = _moments(labels, n_labels, client)
+        moments = _moments(components, n_labels, client)
         stats = fiberstats.fiber_statistics(
             moments,
             math.prod(volume.shape),
@@ -230,8 +258,14 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
             voxel_size=volume.voxel_size,
             with_orientation=params.orientation,
         )
+        table = relabel.lookup(moments, params.min_fiber_voxels)
+        rows = fibertable.table(relabel.renumber(moments, table), volume.voxel_size)
+        stats["fiber_table"] = fibertable.describe(rows, volume.unit)
+    with ctx.timer.stage("relabel"):
+        labels = _relabel(components, table, client)
+        del components  # its blocks leave the workers' memory
     with ctx.timer.stage("write"):
-        files, levels = _write_ngff(ctx, volume, plan, objectness, labels, client)
+        files, levels = _write_ngff(ctx, volume, plan, objectness, labels, rows, client)
 
     summary: dict[str, Any] = {
         "shape": list(volume.shape),
@@ -253,7 +287,8 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     stats_path = out_dir / "stats.json"
     stats_path.write_text(json.dumps({**summary, "statistics": stats}, indent=2))
-    uploads: dict[str, Path] = {"stats.json": stats_path}
+    table_path = fibertable.write(out_dir / fibertable.FILE, rows)
+    uploads: dict[str, Path] = {"stats.json": stats_path, fibertable.FILE: table_path}
     if params.qc:
         with ctx.timer.stage("qc"):
             uploads["qc/fibers.png"] = _qc(ctx, volume, labels, stats, threshold, client)
@@ -266,6 +301,7 @@ def _write_ngff(
     plan: ChunkPlan,
     objectness: da.Array,
     labels: da.Array,
+    rows: np.ndarray,
     client: Any,
 ) -> tuple[list[ObjectInfo], list[ngff.Level]]:
     store = ObjectZarrStore(ctx.out.child(OUTPUT))
@@ -280,6 +316,9 @@ def _write_ngff(
         unit=volume.unit,
         image_name="objectness",
         label_name=LABEL_NAME,
+        label_count=len(rows),
+        # Hover text for the viewers, when few enough for zarr.json (the table has it all).
+        label_properties=fibertable.properties(rows[: ngff.MAX_DESCRIBED_LABELS]),
     )
     tasks = [
         *ngff.write_tasks(objectness, image_arrays, levels, "mean"),
@@ -303,7 +342,9 @@ def _qc(
     client: Any,
 ) -> Path:
     mz, my, mx = qc.middle_indices(volume.shape)
-    source = da.from_zarr(volume.array)
+    source = da.from_array(
+        volume.array, chunks=volume.array.chunks, meta=np.empty((0, 0, 0), volume.dtype)
+    )
     slices = [
         source[mz],
         source[:, my],

@@ -10,8 +10,8 @@ pickles without its boto3 client, so Dask workers open their own and read and wr
 chunks.
 
 The object store API is synchronous (boto3); each call runs in a thread so that zarr can still
-keep many chunk requests in flight. Byte ranges are served by slicing a whole object: only
-sharded arrays ask for ranges, and voxfleet writes unsharded ones.
+keep many chunk requests in flight. Byte ranges (a sharded array's index and inner chunks) are
+ranged reads of the object, never the whole of it: a shard can hold gigabytes.
 """
 
 from __future__ import annotations
@@ -45,15 +45,16 @@ def _ensure_client(objects: ObjectStore) -> None:
             _ = objects.client
 
 
-def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
+def _read(objects: ObjectStore, key: str, byte_range: ByteRequest | None) -> bytes:
     if byte_range is None:
-        return data
+        return objects.get_bytes(key)
     if isinstance(byte_range, RangeByteRequest):
-        return data[byte_range.start : byte_range.end]
+        return objects.get_range(key, byte_range.start, byte_range.end)
     if isinstance(byte_range, OffsetByteRequest):
-        return data[byte_range.offset :]
+        return objects.get_range(key, byte_range.offset)
     if isinstance(byte_range, SuffixByteRequest):
-        return data[-byte_range.suffix :] if byte_range.suffix else b""
+        # data[-0:] would be all of it; zarr means none of it.
+        return objects.get_range(key, -byte_range.suffix) if byte_range.suffix else b""
     raise TypeError(f"unexpected byte range {byte_range!r}")
 
 
@@ -107,10 +108,10 @@ class ObjectZarrStore(Store):
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         try:
-            data = await self._call(self.objects.get_bytes, key)
+            data = await self._call(_read, self.objects, key, byte_range)
         except MissingInput:
             return None
-        return prototype.buffer.from_bytes(_slice(data, byte_range))
+        return prototype.buffer.from_bytes(data)
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
@@ -143,11 +144,7 @@ class ObjectZarrStore(Store):
                 yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        folder = prefix.rstrip("/")
-        start = len(folder) + 1 if folder else 0
-        seen: set[str] = set()
-        for key in await self._keys(folder):
-            name = key[start:].split("/", 1)[0]
-            if name and name not in seen:
-                seen.add(name)
-                yield name
+        # One delimited listing: the members of a group, not every chunk of every array in it.
+        files, folders = await self._call(self.objects.entries, prefix.rstrip("/"))
+        for name in sorted({*files, *folders}):
+            yield name

@@ -29,6 +29,7 @@ from consumers.pipelines.microstructure.objectness_itk import objectness, object
 from producer.synth.fibers import Fiber, PhantomSpec, render_slab, truth_uri, write_phantom
 from shared.errors import InvalidInput
 from shared.jobspec import JobSpec
+from shared.params import MicrostructureParams
 from shared.settings import Settings
 from shared.store import LocalStore
 from shared.timing import StageTimer
@@ -119,19 +120,24 @@ def test_segmentation_and_components_equal_the_whole_volume_ones(
     threshold = chunked.result.summary["threshold"]["value"]
     ours = chunked.root["labels/fibers/s0"][:]
     theirs, count = ndimage.label(whole > threshold)
-    np.testing.assert_array_equal(ours > 0, theirs > 0)
     assert chunked.result.summary["components"] == count
-    # The same partition: each of our labels is exactly one of theirs, and back.
-    pairs = np.unique(np.stack([ours[ours > 0], theirs[theirs > 0]]), axis=1)
-    assert pairs.shape[1] == count == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))
+    # The label image holds the fibers alone, numbered in scipy's order (see relabel.py).
+    fibers = np.bincount(theirs.ravel()) >= MicrostructureParams().min_fiber_voxels
+    fibers[0] = False
+    renumber = np.zeros(count + 1, np.uint32)
+    renumber[fibers] = np.arange(1, fibers.sum() + 1)
+    np.testing.assert_array_equal(ours, renumber[theirs])
+    assert chunked.result.summary["fibers"] == fibers.sum() < count
 
 
 def test_default_parameters_recover_the_phantom(chunked: Run) -> None:
     seg = chunked.root["labels/fibers/s0"][:] > 0
     truth = chunked.truth.astype(bool)
     dice = 2 * np.count_nonzero(seg & truth) / (np.count_nonzero(seg) + np.count_nonzero(truth))
-    assert dice >= 0.9
-    assert abs(chunked.result.summary["volume_fraction"] - truth.mean()) <= 0.02
+    assert dice >= 0.94  # 0.93 before the specks below min_fiber_voxels left the labels
+    # The fibers' fraction (what the labels hold) runs ~0.027 under the truth: the threshold
+    # trims the fibers' edges; the specks, which made up for it, count no more.
+    assert abs(chunked.result.summary["volume_fraction"] - truth.mean()) <= 0.03
     orientation = chunked.result.summary["orientation"]
     assert orientation["angle_from_z_deg"] < 6  # the phantom's fibers lean 3 degrees
 
@@ -204,7 +210,10 @@ def test_a_chunk_entirely_inside_a_fiber_stays_fiber(dask_client: Any, tmp_path:
     assert truth[inside].all()
     assert (run.root["labels/fibers/s0"][inside] > 0).all()
     whole = objectness(volume, run.loaded.spec) > run.result.summary["threshold"]["value"]
-    np.testing.assert_array_equal(run.root["labels/fibers/s0"][:] > 0, whole)
+    components, _ = ndimage.label(whole)
+    fibers = np.bincount(components.ravel()) >= MicrostructureParams().min_fiber_voxels
+    fibers[0] = False  # the labels hold the fibers, not the specks of noise
+    np.testing.assert_array_equal(run.root["labels/fibers/s0"][:] > 0, fibers[components])
 
 
 def test_otsu_threshold_records_its_sample(
@@ -259,8 +268,9 @@ def _group(path: Path) -> Path:
     return path
 
 
-def _v2(path: Path) -> Path:
-    zarr.create_array(str(path), shape=(8, 8, 8), dtype="u1", zarr_format=2)
+def _v2(path: Path, data: np.ndarray) -> Path:
+    array = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, zarr_format=2)
+    array[:] = data
     return path
 
 
@@ -272,7 +282,6 @@ CASES: dict[str, tuple[Maker, dict[str, Any], dict[str, Any], str]] = {
     "corrupt json": (lambda p: _json(p, "{nope"), {}, {}, "corrupt zarr.json"),
     "bad metadata": (lambda p: _json(p, BAD_SHAPE), {}, {}, "corrupt zarr.json"),
     "group": (_group, {}, {}, "group, not an array"),
-    "zarr v2": (_v2, {}, {}, "Zarr v2"),
     "2d": (lambda p: _array(p, np.zeros((32, 32), np.uint8)), {}, {}, "expected a 3D"),
     "complex": (lambda p: _array(p, np.zeros((16,) * 3, np.complex64)), {}, {}, "dtype"),
     "too big": (
@@ -313,10 +322,21 @@ def test_bad_inputs_fail_with_one_line(case: str, tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_ome_zarr_group_input_points_at_its_image(tmp_path: Path, chunked: Run) -> None:
+def test_a_zarr_v2_array_loads(tmp_path: Path) -> None:
+    data = (np.arange(16**3) % 5).reshape(16, 16, 16).astype("u1")
+    _v2(tmp_path / "v2.zarr", data)
+    loaded = microstructure.load(make_ctx(tmp_path / "v2.zarr", tmp_path / "out"))
+    np.testing.assert_array_equal(np.asarray(loaded.volume.array[:, :, :]), data)
+
+
+def test_an_ome_zarr_input_is_read_at_its_level_0(tmp_path: Path, chunked: Run) -> None:
+    # The job's own output, an OME-Zarr 0.5 image, as the input of another job.
     ctx = make_ctx(Path(chunked.ctx.out.uri) / microstructure.OUTPUT, tmp_path)
-    with pytest.raises(InvalidInput, match=r"OME-Zarr image: use .*/s0"):
-        microstructure.load(ctx)
+    loaded = microstructure.load(ctx)
+    level0 = np.asarray(chunked.root["s0"][:])
+    assert loaded.volume.shape == level0.shape == chunked.volume.shape
+    np.testing.assert_array_equal(np.asarray(loaded.volume.array[:, :, :]), level0)
+    assert loaded.volume.voxel_size == chunked.loaded.volume.voxel_size  # from multiscales
 
 
 def test_any_integer_or_float_dtype_loads(tmp_path: Path) -> None:
