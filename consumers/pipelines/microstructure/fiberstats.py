@@ -10,7 +10,7 @@ direction (``geometry``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,35 @@ OTSU_BINS = 1024
 N_MOMENTS = 10  # count, sum z, y, x, then zz, zy, zx, yy, yx, xx
 FIRST = N_MOMENTS  # the column after the moments: the C-order index of the first voxel
 MIN_ELONGATION = 2.0  # a component whose long axis is not this much longer has no direction
+
+
+SIZE_BINS = 64  # power-of-two size bins: [1, 2), [2, 4), ... enough for any volume
+
+
+@dataclass
+class Specks:
+    """The components a block dropped: how many, their voxels, their sizes in power-of-two
+    bins (``bins[k]``: sizes in [2^k, 2^(k+1))) and the largest."""
+
+    count: int = 0
+    voxels: int = 0
+    bins: NDArray[np.int64] = field(default_factory=lambda: np.zeros(SIZE_BINS, np.int64))
+    largest: int = 0
+
+    @classmethod
+    def of(cls, sizes: NDArray[Any]) -> Specks:
+        if sizes.size == 0:
+            return cls()
+        bins = np.bincount(np.log2(sizes).astype(np.intp), minlength=SIZE_BINS)
+        return cls(int(sizes.size), int(sizes.sum()), bins.astype(np.int64), int(sizes.max()))
+
+    def add(self, other: Specks) -> Specks:
+        return Specks(
+            self.count + other.count,
+            self.voxels + other.voxels,
+            self.bins + other.bins,
+            max(self.largest, other.largest),
+        )
 
 
 def otsu(values: NDArray[Any], value_range: tuple[float, float] | None = None) -> float:
@@ -144,14 +173,19 @@ def fiber_mask(moments: NDArray[np.float64], min_fiber_voxels: int) -> NDArray[n
     return keep
 
 
-def size_histogram(sizes: NDArray[Any]) -> dict[str, list[int]]:
-    """Component sizes (voxels) in power-of-two bins: [1, 2), [2, 4), ..."""
-    if sizes.size == 0:
+def size_histogram(
+    sizes: NDArray[Any], more: NDArray[np.int64] | None = None
+) -> dict[str, list[int]]:
+    """Component sizes (voxels) in power-of-two bins: [1, 2), [2, 4), ...; ``more``: counts of
+    further components already binned so (``more[k]``: sizes in [2^k, 2^(k+1)))."""
+    counts = np.zeros(SIZE_BINS, np.int64) if more is None else more.astype(np.int64).copy()
+    if sizes.size:
+        found = np.bincount(np.log2(sizes).astype(np.intp), minlength=counts.size)
+        counts[: found.size] += found[: counts.size]
+    if not counts.any():
         return {"edges": [1, 2], "counts": [0]}
-    top = max(1, math.ceil(math.log2(float(sizes.max()) + 1)))
-    edges = 2 ** np.arange(top + 1)
-    counts, _ = np.histogram(sizes, bins=edges)
-    return {"edges": [int(e) for e in edges], "counts": [int(c) for c in counts]}
+    top = max(1, int(np.flatnonzero(counts)[-1]) + 1)
+    return {"edges": [1 << k for k in range(top + 1)], "counts": [int(c) for c in counts[:top]]}
 
 
 @dataclass(frozen=True)
@@ -243,22 +277,26 @@ def fiber_statistics(
     min_fiber_voxels: int,
     voxel_size: tuple[float, float, float],
     with_orientation: bool,
+    specks: Specks | None = None,
 ) -> dict[str, Any]:
     """Counts and sizes of all components; the volume fraction and orientation of the fibers
-    (the components of ``min_fiber_voxels`` or more: what the label image holds)."""
+    (the components of ``min_fiber_voxels`` or more: what the label image holds). ``specks``:
+    components left out of ``moments`` (never fibers: see ``components``), counted too."""
     sizes = moments[1:, 0]
+    sizes = sizes[sizes > 0]
     keep = fiber_mask(moments, min_fiber_voxels)
     fiber_voxels = int(moments[keep, 0].sum())
-    segmented = int(sizes.sum())
+    largest = int(sizes.max()) if sizes.size else 0
     stats: dict[str, Any] = {
-        "components": int(np.count_nonzero(sizes)),
+        "components": int(sizes.size) + (specks.count if specks else 0),
         "fibers": int(keep.sum()),
         "min_fiber_voxels": min_fiber_voxels,
         "fiber_voxels": fiber_voxels,
         "volume_fraction": round(fiber_voxels / total_voxels, 6) if total_voxels else 0.0,
-        "segmented_voxels": segmented,  # above the threshold, fibers or not
-        "size_histogram_voxels": size_histogram(sizes[sizes > 0]),
-        "largest_component_voxels": int(sizes.max()) if sizes.size else 0,
+        # above the threshold, fibers or not
+        "segmented_voxels": int(sizes.sum()) + (specks.voxels if specks else 0),
+        "size_histogram_voxels": size_histogram(sizes, specks.bins if specks else None),
+        "largest_component_voxels": max(largest, specks.largest if specks else 0),
     }
     if with_orientation:
         stats["orientation"] = orientation(moments, keep, voxel_size)

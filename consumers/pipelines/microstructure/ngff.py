@@ -2,11 +2,13 @@
 chunk by chunk from the Dask workers.
 
 The consumer creates the groups, the arrays and the metadata (ome-zarr-py's writers, so the
-metadata is what its reader expects); then one task per storage chunk writes that chunk and
-returns its size and checksum for the manifest. Each dask block is exactly one storage chunk,
-so no two tasks ever write one object. ome-zarr-py is imported by the consumer only, when it
-writes the metadata: the workers that import this module for ``write_chunk`` skip its ~2.5 CPU s
-(it pulls in scikit-image).
+metadata is what its reader expects); then each task writes whole storage chunks of one region
+and returns their sizes and checksums for the manifest, so no two tasks ever write one object.
+Level 0 is written by the tasks that compute it; each coarser level is read back from the
+stored level before it, a region a task (``downsample_region``), so no level is ever held in
+the cluster's memory whole. ome-zarr-py is imported by the consumer only, when it writes the
+metadata: the workers that import this module for ``write_region`` skip its ~2.5 CPU s (it
+pulls in scikit-image).
 
 Pyramid levels halve the axes whose voxels are finest: all of them for isotropic data, only y
 and x while z voxels are at least twice as coarse (per-axis factors, recorded as each level's
@@ -26,15 +28,14 @@ napari) for up to ``MAX_DESCRIBED_LABELS`` fibers; ``fibers.csv`` always has eve
 from __future__ import annotations
 
 import colorsys
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-import dask.array as da
 import numpy as np
 import zarr
-from dask.delayed import delayed
 from numpy.typing import NDArray
 from zarr.codecs import ZstdCodec
 
@@ -52,6 +53,14 @@ METHODS = {
     "mean": ("local_mean", "consumers.pipelines.microstructure.ngff.downsample_mean"),
     "nearest": ("nearest", "consumers.pipelines.microstructure.ngff.downsample_nearest"),
 }
+
+
+class Where(NamedTuple):
+    """Where the image lies: its storage chunk, its voxel size and the unit of that."""
+
+    storage: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+    unit: str | None
 
 
 @dataclass(frozen=True)
@@ -99,12 +108,11 @@ def _create_multiscale(
     group: zarr.Group,
     levels: list[Level],
     dtype: Any,
-    storage: tuple[int, int, int],
-    voxel_size: tuple[float, float, float],
-    unit: str | None,
+    where: Where,
     name: str,
     how: str,
 ) -> list[zarr.Array[Any]]:
+    storage, voxel_size, unit = where
     arrays = [
         group.create_array(
             level.path,
@@ -168,43 +176,44 @@ def label_colors(count: int) -> list[dict[str, Any]]:
     return colors
 
 
-def create(
+def create_image(
     store: ObjectZarrStore,
     levels: list[Level],
-    *,
-    image_dtype: Any,
-    label_dtype: Any,
-    storage: tuple[int, int, int],
-    voxel_size: tuple[float, float, float],
-    unit: str | None,
-    image_name: str,
-    label_name: str,
-    label_count: int = 0,
-    label_properties: list[dict[str, Any]] | None = None,
-) -> tuple[list[zarr.Array[Any]], list[zarr.Array[Any]]]:
-    """Groups, arrays and metadata of the image and its label image (no chunk data yet).
-
-    ``label_count``: the labels are 1..label_count; ``label_properties``: one dict for each
-    (with its ``label-value``), kept for at most ``MAX_DESCRIBED_LABELS`` labels."""
+    dtype: Any,
+    name: str,
+    where: Where,
+) -> tuple[zarr.Group, list[zarr.Array[Any]]]:
+    """The root group, the image's arrays and its metadata (no chunk data yet)."""
     root = zarr.create_group(store, zarr_format=3)
-    image = _create_multiscale(
-        root, levels, image_dtype, storage, voxel_size, unit, image_name, "mean"
-    )
+    return root, _create_multiscale(root, levels, dtype, where, name, "mean")
+
+
+def create_labels(
+    root: zarr.Group,
+    levels: list[Level],
+    dtype: Any,
+    name: str,
+    where: Where,
+    *,
+    count: int = 0,
+    properties: list[dict[str, Any]] | None = None,
+) -> list[zarr.Array[Any]]:
+    """The image's label image: its arrays and metadata. ``count``: the labels are 1..count;
+    ``properties``: one dict for each (with its ``label-value``), kept for at most
+    ``MAX_DESCRIBED_LABELS`` labels."""
     labels_group = root.create_group("labels")
-    fibers = labels_group.create_group(label_name)
-    labels = _create_multiscale(
-        fibers, levels, label_dtype, storage, voxel_size, unit, label_name, "nearest"
-    )
-    colored = label_count <= MAX_COLORED_LABELS
-    described = label_properties if 0 < label_count <= MAX_DESCRIBED_LABELS else None
+    fibers = labels_group.create_group(name)
+    labels = _create_multiscale(fibers, levels, dtype, where, name, "nearest")
+    colored = count <= MAX_COLORED_LABELS
+    described = properties if 0 < count <= MAX_DESCRIBED_LABELS else None
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import write_label_metadata
 
     # source: where viewers find the image these labels belong to (the root, two levels up).
     write_label_metadata(
         labels_group,
-        label_name,
-        colors=label_colors(label_count) if colored else [],
+        name,
+        colors=label_colors(count) if colored else [],
         properties=described,
         fmt=FormatV05(),
         source={"image": "../../"},
@@ -212,7 +221,7 @@ def create(
     # ome-zarr-py (0.16) writes the labels group's "ome" without the "version" NGFF 0.5
     # requires of every group's "ome"; validators reject the whole image without it.
     _amend(labels_group, lambda ome: ome.setdefault("version", NGFF_VERSION))
-    return image, labels
+    return labels
 
 
 def downsample_mean(block: NDArray[Any], step: tuple[int, int, int]) -> NDArray[Any]:
@@ -241,24 +250,6 @@ def downsample_nearest(block: NDArray[Any], step: tuple[int, int, int]) -> NDArr
     return out
 
 
-def _next_level(array: da.Array, step: tuple[int, int, int], how: str) -> da.Array:
-    fn = downsample_mean if how == "mean" else downsample_nearest
-    # A footprint must not straddle two blocks: every block but the last even along each
-    # halved axis.
-    even: list[Any] = []
-    for axis, f in zip(array.chunks, step, strict=True):
-        if all(c % f == 0 for c in axis[:-1]):
-            even.append(axis)
-        else:
-            even.append(max(axis) + (-max(axis)) % f)
-    array = array.rechunk(tuple(even))
-    chunks = tuple(
-        tuple(math.ceil(c / f) for c in axis) for axis, f in zip(array.chunks, step, strict=True)
-    )
-    level: da.Array = da.map_blocks(fn, array, step, chunks=chunks, dtype=array.dtype)
-    return level
-
-
 def write_region(
     block: NDArray[Any], target: zarr.Array[Any], corner: tuple[int, ...]
 ) -> list[ObjectInfo]:
@@ -278,31 +269,46 @@ def write_region(
     return store.take_written(keys)
 
 
-def _corners(array: da.Array) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(block index, corner voxel) of every block of ``array``."""
-    starts = [np.cumsum((0, *axis[:-1])) for axis in array.chunks]
+def write_sampled(
+    block: NDArray[Any], target: zarr.Array[Any], corner: tuple[int, ...], stride: int | None
+) -> tuple[list[ObjectInfo], NDArray[Any]]:
+    """Runs on a worker: ``write_region``, and the block's voxels of the volume's
+    ``[::stride]`` grid along every axis (empty for ``stride`` None)."""
+    if stride is None:
+        sample = block[:0, :0, :0]
+    else:
+        sample = block[tuple(slice((-c) % stride, None, stride) for c in corner)]
+    return write_region(block, target, corner), np.ascontiguousarray(sample).ravel()
+
+
+def downsample_region(
+    source: zarr.Array[Any],
+    target: zarr.Array[Any],
+    corner: tuple[int, ...],
+    shape: tuple[int, ...],
+    step: tuple[int, int, int],
+    how: str,
+) -> list[ObjectInfo]:
+    """Runs on a worker: the region of a coarser level at ``corner`` (``shape``, chunk
+    aligned) from the stored finer level, one footprint of ``step`` per voxel."""
+    region = tuple(
+        slice(c * f, min((c + n) * f, size))
+        for c, n, f, size in zip(corner, shape, step, source.shape, strict=True)
+    )
+    fn = downsample_mean if how == "mean" else downsample_nearest
+    return write_region(fn(np.asarray(source[region]), step), target, corner)
+
+
+def coarse_regions(
+    level: Level, storage: tuple[int, ...], block: tuple[int, ...]
+) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(corner, shape) of the tasks that write ``level``: each reads at most a ``block`` of
+    the finer level (the compute chunk, which a worker holds), and writes whole storage
+    chunks of its own."""
+    sides = [max(c, (b // f) // c * c) for c, b, f in zip(storage, block, level.step, strict=True)]
     return [
-        (idx, tuple(int(starts[a][i]) for a, i in enumerate(idx)))
-        for idx in np.ndindex(*array.numblocks)
+        (corner, tuple(min(s, n - o) for s, n, o in zip(sides, level.shape, corner, strict=True)))
+        for corner in itertools.product(
+            *(range(0, n, s) for n, s in zip(level.shape, sides, strict=True))
+        )
     ]
-
-
-def write_tasks(
-    base: da.Array, arrays: list[zarr.Array[Any]], levels: list[Level], how: str
-) -> list[Any]:
-    """Delayed writes of every chunk of every level, from ``base`` (level 0 values, in blocks
-    that are whole multiples of the storage chunk: the compute chunks).
-
-    Level 0 is written block by block as it lies in the workers' memory: one task per compute
-    chunk, no rechunking into storage-chunk pieces (that was ~900 small tasks and copies at
-    384^3). The coarser levels are 1/7 of the voxels; each storage chunk of theirs may draw
-    on several compute chunks, so they are rechunked and written chunk by chunk."""
-    tasks: list[Any] = []
-    current = base
-    for level, target in zip(levels, arrays, strict=True):
-        if level.path != "s0":
-            current = _next_level(current, level.step, how).rechunk(target.chunks)
-        blocks = current.to_delayed()
-        for idx, corner in _corners(current):
-            tasks.append(delayed(write_region)(blocks[idx], target, corner))
-    return tasks

@@ -1,13 +1,16 @@
 """The ``microstructure`` pipeline: fiber segmentation of an X-ray micro-CT volume (Zarr).
 
 ``load`` (while the cluster starts) validates the array and reads a small sample of it for the
-objectness ``gamma``. ``run``: ITK objectness chunk by chunk (``map_overlap`` with the halo the
-recursive Gaussian needs, chunks chosen so the halo costs little), one global threshold by
-comparison, connected components across chunks (dask-image), fiber statistics from per-block
-moments, the components renumbered to the fibers alone (``relabel``: specks under
-``min_fiber_voxels`` become background), then an OME-Zarr image (the objectness) with the
-fibers as its label image, written chunk by chunk by the workers, ``stats.json``, the
-per-fiber table ``fibers.csv`` and a QC PNG.
+objectness ``gamma``. ``run``: ITK objectness chunk by chunk (``overlap`` with the halo the
+recursive Gaussian needs, chunks chosen so the halo costs little), each chunk written straight
+to the output's image as level 0; one global threshold (Otsu on a strided sample the same
+tasks return); connected components across chunks from the stored objectness (``components``:
+two passes, a block a task); fiber statistics from per-block moments; the fibers' label image
+(``relabel``: components under ``min_fiber_voxels`` become background, the fibers 1..N);
+then the coarser levels of both, each from the stored level before it; ``stats.json``, the
+per-fiber table ``fibers.csv`` and a QC PNG. No step holds the volume, or any whole map of it,
+in the cluster's memory or the consumer's: a volume larger than all the workers' memory
+together runs in the memory of one task per worker.
 
 Non-finite voxels (NaN, inf) fail the job (``InvalidInput``): the sample catches most at load,
 every chunk checks its own. Replacing them would bend the Hessian for sigmas around each one.
@@ -24,14 +27,20 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-import ome_zarr.writer  # noqa: F401 - for ngff.create, here: the workers never import it
+import ome_zarr.writer  # noqa: F401 - for ngff's metadata, here: the workers never import it
+import zarr
 from dask.delayed import delayed
-from dask_image import ndmeasure
-from distributed import wait
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.fanout import Measured, collect, record_tasks, worker_count
-from consumers.pipelines.microstructure import fiberstats, fibertable, ngff, qc, relabel
+from consumers.pipelines.microstructure import (
+    components,
+    fiberstats,
+    fibertable,
+    ngff,
+    qc,
+    relabel,
+)
 from consumers.pipelines.microstructure.blocks import objectness_block
 from consumers.pipelines.microstructure.chunking import ChunkPlan, plan_chunks, task_voxel_budget
 from consumers.pipelines.microstructure.objectness import ObjectnessSpec
@@ -43,14 +52,13 @@ from shared.params import MicrostructureParams
 from shared.store import ObjectInfo
 
 #: Imported on every worker while the cluster starts. ``objectness_itk`` loads ITK's wrappers
-#: and sets one ITK thread per worker process; the label graph is dask-image's.
+#: and sets one ITK thread per worker process.
 WORKER_MODULES = (
     "consumers.pipelines.microstructure.objectness_itk",
     "consumers.pipelines.microstructure.blocks",
     "consumers.pipelines.microstructure.ngff",
     "consumers.pipelines.microstructure.fiberstats",
-    "consumers.pipelines.microstructure.relabel",
-    "dask_image.ndmeasure",
+    "consumers.pipelines.microstructure.components",
 )
 
 OUTPUT = "fibers.ome.zarr"
@@ -131,15 +139,6 @@ def _memory_limit(client: Any) -> int | None:
     return (min(limits) or None) if limits else None
 
 
-def _raise_task_errors(collection: Any) -> None:
-    """``wait`` does not raise: re-raise the first failed task's own exception."""
-    from distributed import futures_of
-
-    for future in futures_of(collection):
-        if future.status == "error":
-            future.result()
-
-
 def _cores(
     padded: tuple[tuple[int, ...], ...], halo: int, pad_faces: bool
 ) -> tuple[tuple[int, ...], ...]:
@@ -155,8 +154,17 @@ def _cores(
     )
 
 
-def _filter(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: Any) -> da.Array:
-    """The objectness of the whole volume, chunk by chunk, persisted on the workers."""
+def _filter(
+    ctx: PipelineContext,
+    loaded: Loaded,
+    plan: ChunkPlan,
+    target: zarr.Array[Any],
+    stride: int | None,
+    client: Any,
+) -> tuple[list[ObjectInfo], np.ndarray]:
+    """The objectness of the whole volume, chunk by chunk, each chunk written to the image's
+    level 0 by the task that computed it; returns what was written and the voxels of the
+    ``[::stride]`` grid (the Otsu sample)."""
     # The reader's lazy array: each task reads its own region straight from the store.
     source = da.from_array(
         loaded.volume.array, chunks=plan.dask_chunks, meta=np.empty((0, 0, 0), loaded.volume.dtype)
@@ -182,18 +190,31 @@ def _filter(ctx: PipelineContext, loaded: Loaded, plan: ChunkPlan, client: Any) 
         )
         # A no-op unless overlap() merged chunks smaller than the halo: the writes need the
         # plan's chunks, whole multiples of the storage chunk.
-        objectness: da.Array = client.persist(lazy.rechunk(plan.dask_chunks))
-        wait(objectness)
-        _raise_task_errors(objectness)
+        blocks = lazy.rechunk(plan.dask_chunks).to_delayed()
+        tasks = [
+            delayed(ngff.write_sampled)(blocks[idx], target, corner, stride)
+            for idx, (corner, _) in zip(
+                np.ndindex(*blocks.shape), components.block_regions(plan.dask_chunks), strict=True
+            )
+        ]
+        done = client.gather(client.compute(tasks))
     record_tasks(ctx.timer, "objectness", collect(client, log))
-    return objectness
+    written = [info for infos, _ in done for info in infos]
+    return written, np.concatenate([sample for _, sample in done])
 
 
-def _threshold(objectness: da.Array, params: MicrostructureParams, client: Any) -> dict[str, Any]:
+def _sample_stride(shape: tuple[int, int, int], params: MicrostructureParams) -> int | None:
     if params.threshold != "otsu":
+        return None
+    side: float = (math.prod(shape) / OTSU_SAMPLE_VOXELS) ** (1 / 3)
+    return max(1, math.ceil(side))
+
+
+def _threshold(
+    sample: np.ndarray, stride: int | None, params: MicrostructureParams
+) -> dict[str, Any]:
+    if stride is None:
         return {"value": float(params.threshold), "method": "given"}
-    stride = max(1, math.ceil((math.prod(objectness.shape) / OTSU_SAMPLE_VOXELS) ** (1 / 3)))
-    sample = client.compute(objectness[::stride, ::stride, ::stride]).result()
     return {
         "value": fiberstats.otsu(sample, (0.0, 1.0)),
         "method": "otsu",
@@ -201,29 +222,67 @@ def _threshold(objectness: da.Array, params: MicrostructureParams, client: Any) 
     }
 
 
-def _moments(labels: da.Array, n_labels: int, client: Any) -> np.ndarray:
-    starts = [np.cumsum((0, *axis[:-1])) for axis in labels.chunks]
-    blocks = labels.to_delayed()
-    tasks = [
-        delayed(fiberstats.block_moments)(
-            blocks[idx], tuple(int(starts[a][i]) for a, i in enumerate(idx)), labels.shape
-        )
-        for idx in np.ndindex(*blocks.shape)
+def _components(
+    objectness: zarr.Array[Any], plan: ChunkPlan, threshold: float, min_voxels: int, client: Any
+) -> components.Joined:
+    """Pass one of ``components``: each block labelled and measured on the workers, the
+    labels joined across faces in the consumer."""
+    regions = components.block_regions(plan.dask_chunks)
+    blocks = [
+        delayed(components.measure, pure=False)(objectness, corner, shape, threshold, min_voxels)
+        for corner, shape in regions
     ]
-    rows = client.gather(client.compute(tasks))
-    return fiberstats.merge_moments(list(rows), n_labels)
+    pairs = components.neighbours(plan.grid)
+    tasks = [delayed(components.summary)(block) for block in blocks] + [
+        delayed(components.face_pairs)(blocks[i], blocks[j], axis) for i, j, axis in pairs
+    ]
+    done = client.gather(client.compute(tasks))
+    found = [(i, j, done[len(blocks) + k]) for k, (i, j, _) in enumerate(pairs)]
+    return components.join(done[: len(blocks)], found)
 
 
-def _relabel(components: da.Array, table: np.ndarray, client: Any) -> da.Array:
-    """The fibers' label image, block by block on the workers where the components lie."""
-    # One copy of the table per worker, not one per task (a label per component: MBs on a
-    # noisy volume).
-    shared = client.scatter(table, broadcast=True, hash=True)
-    lazy = da.map_blocks(relabel.apply, components, shared, dtype=np.uint32)
-    labels: da.Array = client.persist(lazy)
-    wait(labels)
-    _raise_task_errors(labels)
-    return labels
+def _fibers(
+    objectness: zarr.Array[Any],
+    target: zarr.Array[Any],
+    plan: ChunkPlan,
+    threshold: float,
+    min_voxels: int,
+    lookups: list[np.ndarray],
+    client: Any,
+) -> list[ObjectInfo]:
+    """Pass two of ``components``: the fibers' label image at level 0."""
+    # Each block's lookup goes to the cluster once, not inside the graph (a label per
+    # component at a block's faces, and every fiber: MBs on a large noisy volume).
+    shared = client.scatter(lookups)
+    tasks = [
+        delayed(components.write_fibers)(
+            objectness, target, corner, shape, threshold, min_voxels, lookup
+        )
+        for (corner, shape), lookup in zip(
+            components.block_regions(plan.dask_chunks), shared, strict=True
+        )
+    ]
+    return [info for part in client.gather(client.compute(tasks)) for info in part]
+
+
+def _coarser_levels(
+    arrays: list[zarr.Array[Any]],
+    levels: list[ngff.Level],
+    plan: ChunkPlan,
+    how: str,
+    client: Any,
+) -> list[ObjectInfo]:
+    """Levels 1.. of a multiscale, each from the stored level before it."""
+    written: list[ObjectInfo] = []
+    for k in range(1, len(levels)):
+        tasks = [
+            delayed(ngff.downsample_region)(
+                arrays[k - 1], arrays[k], corner, shape, levels[k].step, how
+            )
+            for corner, shape in ngff.coarse_regions(levels[k], arrays[k].chunks, plan.chunks)
+        ]
+        written += [info for part in client.gather(client.compute(tasks)) for info in part]
+    return written
 
 
 def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
@@ -239,33 +298,50 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         requested=params.chunk_shape,
         boundary=params.boundary,
     )
-    objectness = _filter(ctx, loaded, plan, client)
-
+    store = ObjectZarrStore(ctx.out.child(OUTPUT))
+    levels = ngff.pyramid(volume.shape, volume.voxel_size)
+    where = ngff.Where(plan.storage, volume.voxel_size, volume.unit)
+    root, image = ngff.create_image(store, levels, np.float32, "objectness", where)
+    stride = _sample_stride(volume.shape, params)
+    written, sample = _filter(ctx, loaded, plan, image[0], stride, client)
     with ctx.timer.stage("threshold"):
-        threshold = _threshold(objectness, params, client)
+        threshold = _threshold(sample, stride, params)
+    cut, min_voxels = float(threshold["value"]), params.min_fiber_voxels
     with ctx.timer.stage("label"):
-        components, _ = ndmeasure.label(objectness > threshold["value"])
-        components = client.persist(components.astype(np.uint32))
-        wait(components)
-        _raise_task_errors(components)
-        n_labels = int(client.compute(components.max()).result())
+        joined = _components(image[0], plan, cut, min_voxels, client)
     with ctx.timer.stage("stats"):
-        moments = _moments(components, n_labels, client)
         stats = fiberstats.fiber_statistics(
-            moments,
+            joined.moments,
             math.prod(volume.shape),
-            min_fiber_voxels=params.min_fiber_voxels,
+            min_fiber_voxels=min_voxels,
             voxel_size=volume.voxel_size,
             with_orientation=params.orientation,
+            specks=joined.specks,
         )
-        table = relabel.lookup(moments, params.min_fiber_voxels)
-        rows = fibertable.table(relabel.renumber(moments, table), volume.voxel_size)
+        table = relabel.lookup(joined.moments, min_voxels)
+        rows = fibertable.table(relabel.renumber(joined.moments, table), volume.voxel_size)
         stats["fiber_table"] = fibertable.describe(rows, volume.unit)
+    labels = ngff.create_labels(
+        root,
+        levels,
+        np.uint32,
+        LABEL_NAME,
+        where,
+        count=len(rows),
+        # Hover text for the viewers, when few enough for zarr.json (the table has it all).
+        properties=fibertable.properties(rows[: ngff.MAX_DESCRIBED_LABELS]),
+    )
     with ctx.timer.stage("relabel"):
-        labels = _relabel(components, table, client)
-        del components  # its blocks leave the workers' memory
+        lookups = joined.lookups(table)
+        written += _fibers(image[0], labels[0], plan, cut, min_voxels, lookups, client)
     with ctx.timer.stage("write"):
-        files, levels = _write_ngff(ctx, volume, plan, objectness, labels, rows, client)
+        written += _coarser_levels(image, levels, plan, "mean", client)
+        written += _coarser_levels(labels, levels, plan, "nearest", client)
+    metadata = store.take_written()  # the groups' and arrays' zarr.json, written here
+    files = [
+        ObjectInfo(f"{OUTPUT}/{info.key}", info.bytes, info.sha256)
+        for info in [*metadata, *written]
+    ]
 
     summary: dict[str, Any] = {
         "shape": list(volume.shape),
@@ -291,80 +367,20 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     uploads: dict[str, Path] = {"stats.json": stats_path, fibertable.FILE: table_path}
     if params.qc:
         with ctx.timer.stage("qc"):
-            uploads["qc/fibers.png"] = _qc(ctx, volume, labels, stats, threshold, client)
+            title = (
+                f"{ctx.spec.subject}: {stats['fibers']} fibers, volume fraction "
+                f"{stats['volume_fraction']:.3f}, objectness > {cut:.3g}"
+            )
+            uploads["qc/fibers.png"] = qc.mid_slices(
+                ctx.workdir / "out" / "qc" / "fibers.png",
+                volume.array,
+                labels[0],
+                plan.dask_chunks,
+                volume.voxel_size,
+                title,
+                client,
+            )
     return PipelineResult(files=files, uploads=uploads, summary=summary)
-
-
-def _write_ngff(
-    ctx: PipelineContext,
-    volume: Volume,
-    plan: ChunkPlan,
-    objectness: da.Array,
-    labels: da.Array,
-    rows: np.ndarray,
-    client: Any,
-) -> tuple[list[ObjectInfo], list[ngff.Level]]:
-    store = ObjectZarrStore(ctx.out.child(OUTPUT))
-    levels = ngff.pyramid(volume.shape, volume.voxel_size)
-    image_arrays, label_arrays = ngff.create(
-        store,
-        levels,
-        image_dtype=np.float32,
-        label_dtype=np.uint32,
-        storage=plan.storage,
-        voxel_size=volume.voxel_size,
-        unit=volume.unit,
-        image_name="objectness",
-        label_name=LABEL_NAME,
-        label_count=len(rows),
-        # Hover text for the viewers, when few enough for zarr.json (the table has it all).
-        label_properties=fibertable.properties(rows[: ngff.MAX_DESCRIBED_LABELS]),
-    )
-    tasks = [
-        *ngff.write_tasks(objectness, image_arrays, levels, "mean"),
-        *ngff.write_tasks(labels, label_arrays, levels, "nearest"),
-    ]
-    written = [info for part in client.gather(client.compute(tasks)) for info in part]
-    metadata = store.take_written()  # the groups' and arrays' zarr.json, written here
-    files = [
-        ObjectInfo(f"{OUTPUT}/{info.key}", info.bytes, info.sha256)
-        for info in [*metadata, *written]
-    ]
-    return files, levels
-
-
-def _qc(
-    ctx: PipelineContext,
-    volume: Volume,
-    labels: da.Array,
-    stats: dict[str, Any],
-    threshold: dict[str, Any],
-    client: Any,
-) -> Path:
-    mz, my, mx = qc.middle_indices(volume.shape)
-    source = da.from_array(
-        volume.array, chunks=volume.array.chunks, meta=np.empty((0, 0, 0), volume.dtype)
-    )
-    slices = [
-        source[mz],
-        source[:, my],
-        source[:, :, mx],
-        labels[mz],
-        labels[:, my],
-        labels[:, :, mx],
-    ]
-    parts = client.gather(client.compute(slices))
-    title = (
-        f"{ctx.spec.subject}: {stats['fibers']} fibers, volume fraction "
-        f"{stats['volume_fraction']:.3f}, objectness > {threshold['value']:.3g}"
-    )
-    return qc.save_orthogonal(
-        ctx.workdir / "out" / "qc" / "fibers.png",
-        list(parts[:3]),
-        list(parts[3:]),
-        volume.voxel_size,
-        title,
-    )
 
 
 __all__ = ["OUTPUT", "Loaded", "load", "run"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -55,3 +56,23 @@ def save_orthogonal(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def mid_slices(
+    path: Path,
+    volume: Any,
+    labels: Any,
+    chunks: tuple[tuple[int, ...], ...],
+    voxel_size: tuple[float, float, float],
+    title: str,
+    client: Any,
+) -> Path:
+    """``save_orthogonal`` of the stored ``volume`` and ``labels`` (arrays a worker can read
+    regions of): the workers read the three planes, the consumer draws them."""
+    mz, my, mx = middle_indices(volume.shape)
+    source = da.from_array(volume, chunks=volume.chunks, meta=np.empty((0, 0, 0), volume.dtype))
+    fibers = da.from_array(labels, chunks=chunks, meta=np.empty((0, 0, 0), labels.dtype))
+    planes = [a[mz] for a in (source, fibers)] + [a[:, my] for a in (source, fibers)]
+    planes += [a[:, :, mx] for a in (source, fibers)]
+    parts = client.gather(client.compute(planes))
+    return save_orthogonal(path, list(parts[0::2]), list(parts[1::2]), voxel_size, title)

@@ -340,18 +340,18 @@ def test_label_colours_are_all_or_none_and_always_valid(
     moments = np.zeros((fibers, fiberstats.N_MOMENTS + 1))
     moments[:, 0] = 1  # one-voxel fibers: enough to describe
     rows = fibertable.table(moments, (1.0, 1.0, 1.0))
-    ngff.create(
-        ObjectZarrStore(LocalStore(tmp_path / "out.ome.zarr")),
-        ngff.pyramid((40, 40, 40), (1.0, 1.0, 1.0)),
-        image_dtype=np.float32,
-        label_dtype=np.uint32,
-        storage=(40, 40, 40),
-        voxel_size=(1.0, 1.0, 1.0),
-        unit=None,
-        image_name="objectness",
-        label_name="fibers",
-        label_count=fibers,
-        label_properties=fibertable.properties(rows),
+    levels = ngff.pyramid((40, 40, 40), (1.0, 1.0, 1.0))
+    where = ngff.Where((40, 40, 40), (1.0, 1.0, 1.0), None)
+    store = ObjectZarrStore(LocalStore(tmp_path / "out.ome.zarr"))
+    root, _ = ngff.create_image(store, levels, np.float32, "objectness", where)
+    ngff.create_labels(
+        root,
+        levels,
+        np.uint32,
+        "fibers",
+        where,
+        count=fibers,
+        properties=fibertable.properties(rows),
     )
     open_ome_zarr(str(tmp_path / "out.ome.zarr"), version="0.5")  # the image and its labels
     attrs = json.loads((tmp_path / "out.ome.zarr/labels/fibers/zarr.json").read_text())
