@@ -97,38 +97,76 @@ def test_microstructure_job_from_s3_to_ome_zarr(
 def _tiff_stack(volume: np.ndarray, folder: Path) -> str:
     import tifffile
 
-    folder.mkdir()
+    (folder / "recon").mkdir()
     for z, plane in enumerate(volume):
-        tifffile.imwrite(folder / f"recon_{z:05d}.tiff", plane)
-    return folder.name
+        tifffile.imwrite(folder / "recon" / f"recon_{z:05d}.tiff", plane)
+    return "recon"
 
 
 def _dxchange(volume: np.ndarray, folder: Path) -> str:
     import h5py  # type: ignore[import-untyped]
 
-    folder.mkdir()
     with h5py.File(folder / "scan.h5", "w") as f:
         data = f.create_dataset("exchange/data", data=volume, chunks=(16, 48, 48))
         data.attrs["voxel_size"] = [1.0, 1.0, 1.0]
         data.attrs["unit"] = "micrometer"
         f.create_dataset("exchange/theta", data=np.linspace(0, 180, 10))
-    return f"{folder.name}/scan.h5"
+    return "scan.h5"
+
+
+def _zarr_v2(volume: np.ndarray, folder: Path) -> str:
+    # As xarray writes a dataset: a Zarr v2 group holding the volume and a 1D coordinate.
+    group = zarr.open_group(str(folder / "scan.zarr"), mode="w", zarr_format=2)
+    group.create_array("recon", data=volume, chunks=(16, 48, 48))
+    group.create_array("z", data=np.arange(volume.shape[0], dtype=np.float64))
+    return "scan.zarr"
+
+
+def _ome_zarr(version: str) -> Any:
+    def write(volume: np.ndarray, folder: Path) -> str:
+        from ome_zarr.format import FormatV04, FormatV05
+        from ome_zarr.writer import write_multiscale
+
+        v04 = version == "0.4"
+        group = zarr.open_group(
+            str(folder / "scan.ome.zarr"), mode="w", zarr_format=2 if v04 else 3
+        )
+        write_multiscale(
+            [volume, volume[::2, ::2, ::2]],
+            group,
+            fmt=FormatV04() if v04 else FormatV05(),
+            axes=[{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+            coordinate_transformations=[
+                [{"type": "scale", "scale": [1.0, 1.0, 1.0]}],
+                [{"type": "scale", "scale": [2.0, 2.0, 2.0]}],
+            ],
+        )
+        return "scan.ome.zarr"
+
+    return write
 
 
 @pytest.mark.parametrize(
-    ("fmt", "write", "unit"), [("tiff", _tiff_stack, None), ("hdf5", _dxchange, "micrometer")]
+    ("fmt", "write", "unit"),
+    [
+        ("tiff", _tiff_stack, None),
+        ("hdf5", _dxchange, "micrometer"),
+        ("zarr-v2", _zarr_v2, None),
+        ("ome-zarr-0.4", _ome_zarr("0.4"), "micrometer"),
+        ("ome-zarr-0.5", _ome_zarr("0.5"), "micrometer"),
+    ],
 )
-def test_microstructure_job_reads_tiff_stacks_and_hdf5_from_s3(
+def test_microstructure_job_reads_every_input_format_from_s3(
     fmt: str, write: Any, unit: str | None, bucket: str, settings: Settings, tmp_path: Path
 ) -> None:
-    """A 48^3 phantom as TIFF slices and as a DXchange HDF5 file (in a scan's folder) on S3:
-    the consumer checks the headers, its workers read their chunks with ranged reads, and the
-    phantom's fibers are found."""
+    """A 48^3 phantom as TIFF slices, a DXchange HDF5 file, an xarray-style Zarr v2 group and
+    OME-Zarr 0.4 and 0.5 images (in a scan's folder) on S3: the consumer checks the headers,
+    its workers read their chunks with ranged reads, and the phantom's fibers are found."""
     local = tmp_path / "phantom.zarr"
     phantom = write_phantom(str(local), PhantomSpec(shape=(48, 48, 48), seed=8), settings)
     volume = zarr.open_array(str(local), mode="r")[:]
-    (tmp_path / "upload").mkdir()
-    name = write(volume, tmp_path / "upload" / fmt)
+    (tmp_path / "upload" / fmt).mkdir(parents=True)
+    name = f"{fmt}/{write(volume, tmp_path / 'upload' / fmt)}"
     assert settings.s3_endpoint_url is not None
     volumes = upload_dir(tmp_path / "upload", bucket, "volumes", settings.s3_endpoint_url)
     input_uri = f"{volumes}/{name}"
