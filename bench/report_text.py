@@ -8,6 +8,8 @@ target is ``path <=|>=|== number`` clauses joined by `` and ``, checked against 
 
 from __future__ import annotations
 
+from bench import _text_microstructure as _micro
+
 INTRO = """\
 # Benchmarks
 
@@ -274,3 +276,6 @@ ROWS: dict[str, list[tuple[str, ...]]] = {
         ),
     ],
 }
+
+TEXT.update(_micro.TEXT)
+ROWS.update(_micro.ROWS)

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from producer.cli_campaign import app as campaign_app
+from producer.cli_synth import app as synth_app
 from producer.console import console, err_console, friendly
 from shared.checks import describe
 from shared.jobspec import JobSpec
@@ -24,10 +25,6 @@ app = typer.Typer(
     "read results from S3. Start with `voxfleet demo`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-)
-synth_app = typer.Typer(
-    help="Generate synthetic inputs (HCP, BIDS, QSIPrep subjects; fiber phantoms).",
-    no_args_is_help=True,
 )
 app.add_typer(synth_app, name="synth")
 app.add_typer(campaign_app, name="campaign")
@@ -143,112 +140,6 @@ def health(
     else:
         err_console.print(f"[red]unhealthy:[/red] {result.reason}", highlight=False)
     raise typer.Exit(0 if result.healthy else 1)
-
-
-@synth_app.command("hcp")
-@friendly
-def synth_hcp(
-    uri: Annotated[str, typer.Argument(help="Where to write: a path or s3://bucket/prefix.")],
-    subjects: Annotated[int, typer.Option(min=1, max=100_000, help="How many subjects.")] = 1,
-    size: Annotated[
-        str, typer.Option(help="small | medium | hcp (real 145x174x145x288).")
-    ] = "small",
-    seed: Annotated[int, typer.Option(help="Random seed; subject i uses seed + i.")] = 0,
-) -> None:
-    """Write synthetic subjects in the HCP layout (DWI, bvals, bvecs, mask, aparc+aseg)."""
-    from rich.progress import Progress
-
-    from producer.synth.hcp import write_subjects
-    from shared.store import open_store
-
-    store = open_store(uri, get_settings())
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"writing {subjects} {size} subject(s)", total=subjects)
-        ids = write_subjects(
-            store,
-            subjects,
-            size=size,
-            seed=seed,
-            progress=lambda n: progress.update(task, completed=n),
-        )
-    console.print(
-        f"wrote {len(ids)} subject(s) to {store.uri}: {', '.join(ids[:5])}"
-        + (" ..." if len(ids) > 5 else "")
-    )
-
-
-@synth_app.command("bids")
-@friendly
-def synth_bids(
-    uri: Annotated[str, typer.Argument(help="The dataset's root: a path or s3://bucket/prefix.")],
-    subjects: Annotated[
-        int, typer.Option(min=1, max=100_000, help="How many subjects (sub-01, sub-02, ...).")
-    ] = 1,
-    sessions: Annotated[
-        int, typer.Option(min=0, max=99, help="Sessions per subject (0: no ses- level).")
-    ] = 0,
-    runs: Annotated[int, typer.Option(min=1, max=99, help="DWI runs per session.")] = 1,
-    layout: Annotated[
-        str, typer.Option(help="bids (raw BIDS) | qsiprep (QSIPrep derivatives).")
-    ] = "bids",
-    multishell: Annotated[
-        bool, typer.Option(help="b=1000 and b=2000 shells instead of b=1000 alone.")
-    ] = False,
-    size: Annotated[str, typer.Option(help="small | medium | hcp.")] = "small",
-    seed: Annotated[int, typer.Option(help="Cohort seed; with a label it fixes a subject.")] = 0,
-) -> None:
-    """Write synthetic subjects (the `synth hcp` brains) as raw BIDS or QSIPrep derivatives."""
-    from rich.progress import Progress
-
-    from producer.synth.bids import numbered_subjects, write_bids
-    from shared.store import open_store
-
-    store = open_store(uri, get_settings())
-    cohort = numbered_subjects(subjects, sessions, runs, multishell=multishell)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"writing {subjects} {size} subject(s)", total=subjects)
-        keys = write_bids(
-            store,
-            cohort,
-            size,
-            layout=layout,  # type: ignore[arg-type]  # write_bids checks it
-            seed=seed,
-            progress=lambda n: progress.update(task, completed=n),
-        )
-    console.print(f"wrote {len(cohort)} subject(s), {len(keys)} DWI series, to {store.uri}")
-
-
-@synth_app.command("fibers")
-@friendly
-def synth_fibers(
-    uri: Annotated[str, typer.Argument(help="The Zarr array to write: a path or s3://...zarr.")],
-    shape: Annotated[int, typer.Option(min=8, max=2048, help="Side of the cubic volume.")] = 256,
-    fibers: Annotated[
-        int | None, typer.Option(min=0, help="How many fibers (default: reach --volume-fraction).")
-    ] = None,
-    volume_fraction: Annotated[
-        float, typer.Option(min=0.01, max=0.6, help="Target fiber volume fraction.")
-    ] = 0.35,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
-) -> None:
-    """Write a micro-CT phantom of a fiber composite (uint16 Zarr v3) and, beside it, its
-    ground-truth mask (``_truth/NAME``, where listing the folder for a campaign skips it)."""
-    from rich.progress import Progress
-
-    from producer.synth.fibers import PhantomSpec, write_phantom
-
-    spec = PhantomSpec(
-        shape=(shape, shape, shape), fibers=fibers, volume_fraction=volume_fraction, seed=seed
-    )
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"writing a {shape}^3 phantom", total=shape)
-        phantom = write_phantom(
-            uri, spec, get_settings(), progress=lambda n: progress.update(task, advance=n)
-        )
-    console.print(
-        f"wrote {uri}: {len(phantom.fibers)} fibers, volume fraction "
-        f"{phantom.volume_fraction:.4f}; ground truth at {phantom.info['truth_uri']}"
-    )
 
 
 @app.command()

@@ -8,6 +8,11 @@ surface) until their cross-sections cover ``volume_fraction`` of the mid plane, 
 polymer looks like: partial-volume edges, a Gaussian point-spread function, mild cupping (the
 centre of the field of view a few percent darker) and Gaussian noise, stored as uint16.
 
+Stress options (``producer.synth.packing``): ``contact``, a share of the fibers placed touching
+an earlier one (surfaces ``gap`` apart, which may then be 0 or negative), and
+``crossing_share``, a share laid along a second direction ``crossing_deg`` from the first, the
+two populations passing through each other. ``stress_spec`` is issue #19's stress phantom.
+
 The ground truth goes beside the volume, in a ``_truth`` folder (``ct/s1.zarr`` ->
 ``ct/_truth/s1.zarr``): uint8, 1 where a voxel's centre lies inside a fiber. Not as a sibling
 array, because a campaign that lists ``ct/`` enqueues every child holding a ``zarr.json``, and
@@ -30,6 +35,14 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from producer.synth.packing import (
+    ATTEMPTS_PER_FIBER,
+    Fiber,
+    axis_distance,
+    check_packed,
+    mark,
+    place_mixed,
+)
 from shared.errors import InvalidInput
 from shared.settings import Settings
 from shared.store import ObjectInfo, open_store, split_uri
@@ -37,14 +50,6 @@ from shared.store import ObjectInfo, open_store, split_uri
 STORAGE_CHUNK = 64  # 64^3 uint16 = 512 KiB per object before compression
 SLAB = 64  # z planes rendered at once
 MAX_SIDE = 2048
-_ATTEMPTS_PER_FIBER = 2000  # consecutive misses before random sequential addition gives up
-
-
-@dataclass(frozen=True)
-class Fiber:
-    center: tuple[float, float]  # (y, x) where the axis crosses the mid plane
-    slope: tuple[float, float]  # (dy/dz, dx/dz)
-    radius: float
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class PhantomSpec:
     radius: tuple[float, float] = (4.0, 7.0)  # voxels; glass fibers of 8-14 um at 1 um voxels
     tilt_deg: float = 3.0  # of the common fiber direction from the z axis
     misalignment_deg: float = 1.5  # of each fiber from the common direction, at most
-    gap: float = 1.0
+    gap: float = 1.0  # surface to surface, voxels; may be <= 0 (touching) with contact
     matrix: float = 10_000.0  # polymer
     fiber: float = 26_000.0  # glass
     noise: float = 2_000.0  # contrast-to-noise 8
@@ -63,6 +68,9 @@ class PhantomSpec:
     cupping: float = 0.04
     voxel_size_um: float = 1.0
     seed: int = 0
+    contact: float = 0.0  # share of fibers placed touching an earlier one (packing.py)
+    crossing_deg: float = 30.0  # angle of the second population's direction to the first's
+    crossing_share: float = 0.0  # share of fibers along that second direction
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or not all(8 <= n <= MAX_SIDE for n in self.shape):
@@ -77,8 +85,14 @@ class PhantomSpec:
         if not 0.5 <= low <= high <= min(self.shape) / 4:
             raise InvalidInput(f"radius range {self.radius} does not fit shape {self.shape}")
         angles = (self.tilt_deg, self.misalignment_deg)
-        if not all(0 <= a <= 30 for a in angles) or min(self.gap, self.noise, self.psf) < 0:
-            raise InvalidInput("tilt and misalignment must be 0..30 degrees; gap, noise, psf >= 0")
+        if not all(0 <= a <= 30 for a in angles) or min(self.noise, self.psf) < 0:
+            raise InvalidInput("tilt and misalignment must be 0..30 degrees; noise, psf >= 0")
+        if not (self.gap >= 0 or (self.contact > 0 and self.gap > -low)):
+            raise InvalidInput(f"gap must be >= 0, or > -{low} (pressed in) with contact")
+        if not (0 <= self.contact <= 1 and 0 <= self.crossing_share < 1):
+            raise InvalidInput("contact must be in [0, 1] and crossing_share in [0, 1)")
+        if not self.tilt_deg <= self.crossing_deg <= self.tilt_deg + 30:
+            raise InvalidInput("crossing_deg must be tilt_deg..tilt_deg + 30 (from the z axis)")
         if self.seed < 0:
             raise InvalidInput(f"seed must be non-negative, got {self.seed}")
 
@@ -97,26 +111,16 @@ class Phantom:
         return self.truth_voxels / math.prod(self.spec.shape)
 
 
-def _axis_distance(
-    fiber: Fiber, z: npt.NDArray[np.float64], y: npt.NDArray[np.float64], x: npt.NDArray[np.float64]
-) -> npt.NDArray[np.float64]:
-    """Distance from points (z relative to the mid plane) to the fiber's axis (broadcasting)."""
-    direction = np.array([1.0, *fiber.slope])
-    direction /= np.linalg.norm(direction)
-    dy = y - (fiber.center[0] + fiber.slope[0] * z)
-    dx = x - (fiber.center[1] + fiber.slope[1] * z)
-    along = dy * direction[1] + dx * direction[2]  # the offset vector is (0, dy, dx)
-    distance: npt.NDArray[np.float64] = np.sqrt(np.maximum(dy * dy + dx * dx - along * along, 0))
-    return distance
-
-
 def place_fibers(spec: PhantomSpec) -> list[Fiber]:
     """Random sequential addition of non-overlapping, slightly tilted fibers.
 
     Candidate centres are drawn only where the mid plane still has room for the new fiber (a
     distance transform of what is placed), so packing stays fast up to near jamming; each
     candidate is then checked exactly against every placed fiber over the whole z range.
+    With ``contact`` or ``crossing_share``: ``packing.place_mixed``.
     """
+    if spec.contact > 0 or spec.crossing_share > 0:
+        return place_mixed(spec)
     rng = np.random.default_rng([spec.seed, 1])
     nz, ny, nx = spec.shape
     half = nz / 2
@@ -135,7 +139,7 @@ def place_fibers(spec: PhantomSpec) -> list[Fiber]:
     room = np.full(yy.shape, np.inf)  # distance to the nearest fiber surface, mid plane
     free: npt.NDArray[np.intp] | None = None  # where a fiber of the smallest radius fits
     misses, fraction = 0, 0.0
-    while misses < _ATTEMPTS_PER_FIBER:
+    while misses < ATTEMPTS_PER_FIBER:
         if spec.fibers is not None and len(placed) >= spec.fibers:
             break
         if spec.fibers is None and fraction >= spec.volume_fraction:
@@ -176,28 +180,11 @@ def place_fibers(spec: PhantomSpec) -> list[Fiber]:
         placed.append(fiber)
         centers, slopes = np.vstack([centers, center]), np.vstack([slopes, slope])
         radii = np.append(radii, radius)
-        # Room only matters up to the largest radius + gap: update a box around the fiber.
-        reach = radius + spec.radius[1] + spec.gap + 2
-        (r0, r1), (c0, c1) = (
-            (max(0, math.floor(c + pad - reach)), max(0, math.ceil(c + pad + reach) + 1))
-            for c in center
-        )
-        box = (slice(r0, r1), slice(c0, c1))
-        surface = _axis_distance(fiber, np.zeros(1), yy[box], xx[box]) - radius
-        occupied[box] |= surface <= 0
-        np.minimum(room[box], surface, out=room[box])
+        mark(fiber, radius + spec.radius[1] + spec.gap + 2, pad, (yy, xx), occupied, room)
         fraction = float(occupied[inner].mean())
         free = None
         misses = 0
-    if spec.fibers is not None and len(placed) < spec.fibers:
-        raise InvalidInput(
-            f"only {len(placed)} of {spec.fibers} fibers fit; use fewer or a bigger shape"
-        )
-    if spec.fibers is None and fraction < spec.volume_fraction - 0.01:
-        raise InvalidInput(
-            f"random packing stopped at volume fraction {fraction:.3f} < {spec.volume_fraction}; "
-            "lower it, the gap or the tilt"
-        )
+    check_packed(spec, len(placed), fraction, "the gap or the tilt")
     return placed
 
 
@@ -218,7 +205,7 @@ def render_slab(
         x0, x1 = max(0, math.floor(cx.min() - pad)), min(nx, math.ceil(cx.max() + pad) + 1)
         if y0 >= y1 or x0 >= x1:
             continue
-        dist = _axis_distance(
+        dist = axis_distance(
             fiber,
             zs[:, None, None],
             np.arange(y0, y1, dtype=np.float64)[None, :, None],
@@ -240,6 +227,29 @@ def render_slab(
     for i, z in enumerate(range(z0, z1)):
         image[i] += np.random.default_rng([spec.seed, 2, z]).normal(0.0, spec.noise, (ny, nx))
     return np.clip(np.rint(image), 0, 65535).astype(np.uint16), truth
+
+
+def stress_spec(
+    shape: tuple[int, int, int], seed: int = 0, noise_share: float = 0.25, radius: float = 4.0
+) -> PhantomSpec:
+    """Issue #19's stress phantom: volume fraction 0.30, one radius, noise SD ``noise_share`` of
+    the fiber-matrix contrast, no blur, half the fibers touching a neighbour (surfaces in
+    contact) and a quarter crossing the rest at 30 degrees."""
+    matrix, fiber = 10_000.0, 26_000.0
+    return PhantomSpec(
+        shape=shape,
+        volume_fraction=0.30,
+        radius=(radius, radius),
+        gap=0.0,
+        matrix=matrix,
+        fiber=fiber,
+        noise=noise_share * (fiber - matrix),
+        psf=0.0,
+        contact=0.5,
+        crossing_deg=30.0,
+        crossing_share=0.25,
+        seed=seed,
+    )
 
 
 def make_phantom(spec: PhantomSpec) -> Phantom:
