@@ -67,7 +67,7 @@ class TractographyParams(PipelineParams):
     """White-matter mask, tensor FA, CSD fODFs and sharded whole-brain tracking of an HCP-layout
     subject. Lengths and steps are in millimetres, angles in degrees."""
 
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: the shards merged into tractogram.trx beside them
     b0_threshold: float = Field(default=50.0, ge=0, le=1000, description="b-values <= are b0.")
     wm_source: Literal["auto", "segmentation", "fa"] = Field(
         default="auto",

@@ -215,6 +215,8 @@ def test_bids_and_qsiprep_campaigns_from_a_public_bucket_to_the_labs(
     assert "sub-02/dwi/sub-02_run-2_desc-brain_mask.nii.gz" in raw_keys
     assert "sub-03/dwi/sub-03_space-T1w_label-WM_mask.nii.gz" not in qsi_keys  # sessions
     assert "sub-03/ses-1/dwi/sub-03_ses-1_space-T1w_label-WM_mask.nii.gz" in qsi_keys
+    # One tractogram per series (the shards merged), exported under its BIDS name too.
+    assert any(k.startswith("sub-01/dwi/") and k.endswith("_tractogram.trx") for k in qsi_keys)
     for root in (raw_root, qsi_root):
         description = json.loads((root / "dataset_description.json").read_text())
         assert description["DatasetType"] == "derivative"

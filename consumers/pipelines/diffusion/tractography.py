@@ -4,8 +4,9 @@ references in docs/architecture.md).
 One diffusion series (HCP, BIDS, QSIPrep) -> white-matter mask (its segmentation, or FA) ->
 tensor FA (the ``dti`` fit) -> single-fibre response -> CSD fODFs fitted in chunks across the
 cluster -> seeds in the white matter, tracked in shards by the workers, each shard written
-straight to the store as a ``.trk`` (or ``.trx``) -> FA and mask maps and a QC image for the
-consumer to upload.
+straight to the store as a ``.trk`` (or ``.trx``) -> the shards merged into one
+``tractogram.trx`` beside them (``merge``) -> FA and mask maps and a QC image for the consumer
+to upload.
 
 Every stage equals its serial dipy counterpart (see ``csd`` and ``tracking`` for why), and the
 summary -- which the manifest carries -- lists every shard with its seed range, streamline
@@ -29,6 +30,7 @@ from consumers.pipelines.diffusion.dti import (
     series_summary,
     write_nifti,
 )
+from consumers.pipelines.diffusion.merge import merge_shards
 from consumers.pipelines.diffusion.subject import Subject, check_subject, load_subject
 from consumers.pipelines.fanout import part_count, record_tasks, worker_count
 from shared.errors import InvalidInput
@@ -170,6 +172,10 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     del fit  # the largest array of the job (45 float64 per voxel); nothing below needs it
     ctx.timer.extra["shards"] = len(tracked.shards)
     record_tasks(ctx.timer, "tracking", tracked.tasks)
+    with ctx.timer.stage("merge"):
+        merged = merge_shards(
+            ctx.out, [str(s["key"]) for s in tracked.shards], subject.affine, subject.shape
+        )
 
     uploads: dict[str, Path] = {}
     with ctx.timer.stage("write"):
@@ -190,6 +196,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         "seeds_per_voxel": params.seeds_per_voxel,
         "seed_grid": list(tracking.seed_grid(params.seeds_per_voxel)),
         "shards": tracked.shards,
+        "tractogram": merged.as_dict(),  # the shards in one file, in shard order
         "wm_source": loaded.wm_source,  # what auto chose, or what was asked for
         "segmentation": subject.files.segmentation if loaded.wm_source == "segmentation" else None,
         "wm_voxels": int(np.count_nonzero(mask)),
@@ -204,7 +211,8 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         "nonfinite_values": subject.nonfinite_values,
         **series_summary(subject),
     }
-    return PipelineResult(files=tracked.files, uploads=uploads, summary=summary)
+    files = [*tracked.files, merged.info]
+    return PipelineResult(files=files, uploads=uploads, summary=summary)
 
 
 def qc_image(

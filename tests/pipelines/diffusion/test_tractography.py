@@ -112,7 +112,9 @@ def load_shards(
 ) -> list[StatefulTractogram]:
     """Every shard, read back from the store and loaded against the DWI with the bbox check."""
     loaded = []
-    for shard, info in zip(result.summary["shards"], result.files, strict=True):
+    shards = result.summary["shards"]
+    assert [f.key for f in result.files[len(shards) :]] == ["tractogram.trx"]
+    for shard, info in zip(shards, result.files[: len(shards)], strict=True):
         assert shard["key"] == info.key
         blob = ctx.out.get_bytes(info.key)
         assert len(blob) == info.bytes == shard["bytes"]
@@ -126,6 +128,38 @@ def load_shards(
         assert len(sft.streamlines) == shard["streamlines"]
         loaded.append(sft)
     return loaded
+
+
+def check_merged(
+    ctx: PipelineContext, result: PipelineResult, dwi: Path, shards: list[StatefulTractogram]
+) -> None:
+    """``tractogram.trx`` holds exactly the shards' streamlines, in shard order, and opens
+    with trx-python and with dipy's loader against the DWI, bounding-box check on."""
+    from trx.trx_file_memmap import load as load_trx
+
+    merged = result.summary["tractogram"]
+    info = result.files[-1]
+    assert info.key == merged["key"] == "tractogram.trx" and info.bytes == merged["bytes"]
+    path = ctx.workdir / "check" / "tractogram.trx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(ctx.out.get_bytes(info.key))
+    expected = [np.asarray(s, np.float32) for sft in shards for s in sft.streamlines]
+    assert merged["streamlines"] == len(expected) == result.summary["streamlines"]
+    trx = load_trx(str(path))
+    try:
+        theirs = [np.array(s) for s in trx.streamlines]  # copies: close() unmaps the file
+        np.testing.assert_array_equal(trx.header["VOXEL_TO_RASMM"], shards[0].affine)
+    finally:
+        trx.close()
+    assert len(theirs) == len(expected)
+    assert [len(a) for a in theirs] == [len(b) for b in expected]
+    # dipy reads a shard through voxel space and back: float32 rounding, ~1e-6 mm.
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(theirs, expected, strict=True))
+    assert worst <= 1e-5, worst
+    sft = load_tractogram(str(path), str(dwi), bbox_valid_check=True)
+    assert isinstance(sft, StatefulTractogram), "tractogram.trx does not load against the DWI"
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(sft.streamlines, expected, strict=True))
+    assert worst <= 1e-5, worst
 
 
 def max_point_distance(
@@ -212,7 +246,8 @@ def test_job_equals_serial_dipy_pipeline(
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert len(ranges) == 7 and {b - a for a, b in ranges} == {n_seeds // 7, n_seeds // 7 + 1}
     assert summary["streamlines"] == sum(s["streamlines"] for s in summary["shards"]) > 0
-    assert [f.key for f in result.files] == [f"shards/sl-{i:04d}.trk" for i in range(7)]
+    shard_keys = [f"shards/sl-{i:04d}.trk" for i in range(7)]
+    assert [f.key for f in result.files] == [*shard_keys, "tractogram.trx"]
 
     # The serial dipy pipeline on the same arrays: FA, response, CSD, deterministic tracking.
     fa = serial_fa(subject)
@@ -235,6 +270,7 @@ def test_job_equals_serial_dipy_pipeline(
         )
     )
     shards = load_shards(ctx, result, synthetic_subject / DWI)
+    check_merged(ctx, result, synthetic_subject / DWI, shards)
     ours = [np.asarray(s) for sft in shards for s in sft.streamlines]
     distance = max_point_distance(ours, serial, subject.affine, subject.shape)
     print(f"tracking: {len(ours)} streamlines from {n_seeds} seeds, max distance {distance:.3g} mm")
@@ -245,7 +281,7 @@ def test_job_equals_serial_dipy_pipeline(
     pixels = imread(result.uploads["qc/tractography.png"])
     assert pixels.shape[0] > pixels.shape[1] > 500  # three rows of three views
     stages = set(ctx.timer.stages)
-    assert {"load", "mask", "dti", "response", "csd", "tracking", "write", "qc"} == stages
+    assert {"load", "mask", "dti", "response", "csd", "tracking", "merge", "write", "qc"} == stages
     for key in ("dti_workers_busy_s", "csd_workers_busy_s", "tracking_workers_busy_s"):
         busy = ctx.timer.extra[key]
         assert busy and all(addr.startswith("tcp://") for addr in busy), key
@@ -296,8 +332,9 @@ def test_small64d_trackers_and_trx(
     params = {"tracker": tracker, "random_seed": 42, "output_format": "trx", "shards": 3}
     ctx = small64d_ctx(hcp_subject, tract_ctx, params)
     loaded, result = run_job(ctx, dask_client)
-    assert all(f.key.endswith(".trx") for f in result.files) and len(result.files) == 3
+    assert all(f.key.endswith(".trx") for f in result.files) and len(result.files) == 4
     shards = load_shards(ctx, result, hcp_subject() / DWI)
+    check_merged(ctx, result, hcp_subject() / DWI, shards)
     ours = [np.asarray(s) for sft in shards for s in sft.streamlines]
     assert ours and "mask" in ctx.timer.stages
 
@@ -343,7 +380,8 @@ def test_a_shard_that_fails_once_is_retried(
     ctx = small64d_ctx(hcp_subject, tract_ctx, {"shards": 3, "qc": False}, store)
     _, result = run_job(ctx, dask_client)
     assert store.tries() == 2  # it failed, and the retry wrote it
-    assert [f.key for f in result.files] == [f"shards/sl-{i:04d}.trk" for i in range(3)]
+    shard_keys = [f"shards/sl-{i:04d}.trk" for i in range(3)]
+    assert [f.key for f in result.files] == [*shard_keys, "tractogram.trx"]
     load_shards(ctx, result, hcp_subject() / DWI)
     assert "qc/tractography.png" not in result.uploads
 
