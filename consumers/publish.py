@@ -48,13 +48,14 @@ def publish(
     files: list[ObjectInfo],
     summary: dict[str, Any],
     timing: dict[str, Any],
+    provenance: dict[str, Any] | None = None,
 ) -> Publication:
     job = results.child(spec.result_prefix)
     timing_info = job.put_bytes(
         f"{attempt}/timing.json", json.dumps(timing, indent=2, sort_keys=True).encode()
     )
     listed = [ObjectInfo(f"{attempt}/{f.key}", f.bytes, f.sha256) for f in files]
-    manifest = Manifest.for_job(spec, attempt, [*listed, timing_info], summary)
+    manifest = Manifest.for_job(spec, attempt, [*listed, timing_info], summary, provenance)
     if job.put_if_absent(MANIFEST, manifest.to_bytes()):
         return Publication(manifest, job.uri_for(MANIFEST), True)
     job.delete_prefix(attempt)

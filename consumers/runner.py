@@ -22,6 +22,7 @@ from consumers.derivatives import export
 from consumers.pipelines import get_pipeline
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.publish import publish, remove_orphans, upload_all
+from shared import provenance
 from shared.jobspec import JobSpec
 from shared.manifest import MANIFEST, read_manifest
 from shared.settings import Settings
@@ -105,7 +106,13 @@ def execute(
     # timing.json cannot contain the time it takes to write itself and the manifest; that
     # remainder ("commit") is in the job record's final timing instead.
     files = [*result.files, *uploaded]
-    publication = publish(results, spec, attempt, files, result.summary, timing)
+    origin = {
+        "software": provenance.software(settings),
+        "inputs": result.inputs,
+        "parameters": spec.parameters().model_dump(mode="json"),  # the defaults too
+        "host": {k: timing.get(k) for k in ("consumer", "cluster_spec", "cluster")},
+    }
+    publication = publish(results, spec, attempt, files, result.summary, timing, origin)
     timer.record("commit", time.perf_counter() - t0)
     orphans = _remove_orphans(job_store, publication.manifest.attempt)
     state = "done" if publication.committed else "superseded"

@@ -211,9 +211,27 @@ def status(
     _show_status(job, record, as_json)
 
 
+def _provenance(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The committed manifest's provenance (what made the result), if the job has one."""
+    from shared.errors import VoxfleetError
+    from shared.manifest import Manifest
+    from shared.store import open_store, split_uri
+
+    if record.get("state") != "done" or not record.get("result"):
+        return None
+    parent, name = split_uri(str(record["result"]))
+    try:
+        manifest = Manifest.model_validate_json(open_store(parent, get_settings()).get_bytes(name))
+    except (VoxfleetError, ValueError):
+        return None
+    return manifest.provenance or None
+
+
 def _show_status(job_id: str, record: dict[str, Any], as_json: bool) -> None:
+    origin = _provenance(record)
     if as_json:
-        print(json.dumps({"job_id": job_id, **{k: v for k, v in record.items() if k != "spec"}}))
+        shown = {k: v for k, v in record.items() if k != "spec"}
+        print(json.dumps({"job_id": job_id, **shown, "provenance": origin}))
         return
     colour = {"done": "green", "failed": "red"}.get(record.get("state", ""), "yellow")
     console.print(
@@ -224,6 +242,21 @@ def _show_status(job_id: str, record: dict[str, Any], as_json: bool) -> None:
     for name in ("pipeline", "subject", "attempts", "consumer", "result"):
         if record.get(name):
             console.print(f"  {name}: {record[name]}", highlight=False)
+    if origin:
+        made = origin.get("software") or {}
+        packages = ", ".join(f"{k} {v}" for k, v in (made.get("packages") or {}).items())
+        console.print(
+            f"  software: voxfleet {made.get('voxfleet')} "
+            f"(commit {made.get('git_commit') or 'unknown'}), Python {made.get('python')}"
+            + (f", image {made['image_digest']}" if made.get("image_digest") else ""),
+            highlight=False,
+        )
+        console.print(f"  libraries: {packages}", highlight=False)
+        read = origin.get("inputs") or {}
+        parts = [read] if "uri" in read else [v for v in read.values() if isinstance(v, dict)]
+        for part in parts:
+            count = part.get("count", len(part.get("objects") or []))
+            console.print(f"  input: {count} object(s) at {part.get('uri')}", highlight=False)
     timing = record.get("timing") or {}
     stages = timing.get("stages_s") or {}
     if stages:

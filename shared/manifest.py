@@ -29,10 +29,20 @@ class Manifest(BaseModel):
     committed_at: float = Field(default_factory=time.time)
     files: list[dict[str, Any]]
     summary: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Software, input objects, every parameter (defaults too), host and cluster "
+        "(shared.provenance); empty in manifests older than it.",
+    )
 
     @classmethod
     def for_job(
-        cls, spec: JobSpec, attempt: str, files: list[ObjectInfo], summary: dict[str, Any]
+        cls,
+        spec: JobSpec,
+        attempt: str,
+        files: list[ObjectInfo],
+        summary: dict[str, Any],
+        provenance: dict[str, Any] | None = None,
     ) -> Manifest:
         return cls(
             job_key=spec.key,
@@ -45,6 +55,7 @@ class Manifest(BaseModel):
             attempt=attempt,
             files=[f.as_dict() for f in files],
             summary=summary,
+            provenance=provenance or {},
         )
 
     def to_bytes(self) -> bytes:

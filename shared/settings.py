@@ -198,6 +198,14 @@ class Settings(BaseSettings):
     heartbeat_file: str | None = Field(
         default=None, description="Consumer heartbeat file (JSON); None disables it."
     )
+    # Provenance (shared/provenance.py): the image bakes in its commit at build time; its
+    # digest, which an image cannot know about itself, is set by whoever pins it by digest.
+    git_commit: str | None = Field(
+        default=None, description="voxfleet's commit, recorded in manifests (else git's)."
+    )
+    image_digest: str | None = Field(
+        default=None, description="The container image's digest, recorded in manifests."
+    )
     heartbeat_interval_s: float = Field(
         default=15.0, gt=0, description="Heartbeat period; stale after 3 periods."
     )

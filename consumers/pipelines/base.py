@@ -54,6 +54,8 @@ class PipelineResult:
     #: Local files the consumer uploads in its ``publish`` stage: key below ``ctx.out`` -> path.
     uploads: dict[str, Path] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    #: The input objects the job read, for the manifest's provenance (``shared.provenance``).
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 class Pipeline(NamedTuple):

@@ -16,13 +16,14 @@ from urllib.parse import urlparse
 
 from shared.errors import InvalidInput
 from shared.settings import Settings, get_settings
-from shared.store.base import ObjectInfo, ObjectStore, safe_key
+from shared.store.base import ObjectInfo, ObjectStat, ObjectStore, safe_key
 from shared.store.local import LocalStore
 from shared.store.s3 import S3Store
 
 __all__ = [
     "LocalStore",
     "ObjectInfo",
+    "ObjectStat",
     "ObjectStore",
     "S3Store",
     "open_store",

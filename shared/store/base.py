@@ -27,6 +27,19 @@ class ObjectInfo:
         return {"key": self.key, "bytes": self.bytes, "sha256": self.sha256}
 
 
+@dataclass(frozen=True)
+class ObjectStat:
+    """One stored object as a provenance record names it: its size and the store's own
+    identity of its content (S3: the ETag; a local file: its modification time and size)."""
+
+    key: str
+    bytes: int
+    etag: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "bytes": self.bytes, "etag": self.etag}
+
+
 def safe_key(key: str) -> str:
     """Normalise a relative key; refuse anything that could leave the store's root."""
     if not key or "\\" in key or "\x00" in key:
@@ -100,6 +113,15 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def size(self, key: str) -> int: ...
+
+    def stat(self, key: str) -> ObjectStat:
+        """Size and content identity of one object (backends that know an ETag give it)."""
+        return ObjectStat(key, self.size(key), None)
+
+    def stats(self, prefix: str = "") -> Iterator[ObjectStat]:
+        """``stat`` of every key below ``prefix``, in lexical order (S3: from the listing)."""
+        for key in self.list(prefix):
+            yield self.stat(key)
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:

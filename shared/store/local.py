@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput, MissingInput, UnsafePath
-from shared.store.base import CHUNK, ObjectInfo, ObjectStore, safe_key, sha256_bytes, sha256_file
+from shared.store.base import (
+    CHUNK,
+    ObjectInfo,
+    ObjectStat,
+    ObjectStore,
+    safe_key,
+    sha256_bytes,
+    sha256_file,
+)
 
 
 class LocalStore(ObjectStore):
@@ -109,6 +117,14 @@ class LocalStore(ObjectStore):
             return self._path(key).stat().st_size
         except (FileNotFoundError, NotADirectoryError):
             raise MissingInput(f"not found: {self.uri_for(key)}") from None
+
+    def stat(self, key: str) -> ObjectStat:
+        try:
+            info = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingInput(f"not found: {self.uri_for(key)}") from None
+        # What a web server's ETag is for a file: it changes when the file is rewritten.
+        return ObjectStat(key, info.st_size, f"{info.st_mtime_ns:x}-{info.st_size:x}")
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root

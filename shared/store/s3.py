@@ -19,6 +19,7 @@ from shared.settings import Settings
 from shared.store.base import (
     CHUNK,
     ObjectInfo,
+    ObjectStat,
     ObjectStore,
     join,
     safe_key,
@@ -241,6 +242,21 @@ class S3Store(ObjectStore):
         with _s3_errors(self.uri_for(key)):
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return int(head["ContentLength"])
+
+    def stat(self, key: str) -> ObjectStat:
+        with _s3_errors(self.uri_for(key)):
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return ObjectStat(key, int(head["ContentLength"]), str(head["ETag"]).strip('"'))
+
+    def stats(self, prefix: str = "") -> Iterator[ObjectStat]:
+        full = join(self.prefix, safe_key(prefix)) if prefix else self.prefix
+        start = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _s3_errors(f"s3://{self.bucket}/{full}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{full}/" if full else ""):
+                for obj in page.get("Contents", []):
+                    etag = str(obj["ETag"]).strip('"')
+                    yield ObjectStat(obj["Key"][start:], int(obj["Size"]), etag)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         full = join(self.prefix, safe_key(prefix)) if prefix else self.prefix

@@ -58,6 +58,17 @@ def test_dti_job_through_the_queue_equals_serial_dipy(
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         blobs[entry["key"].split("/", 1)[1]] = data
     assert blobs["qc/fa.png"].startswith(b"\x89PNG\r\n\x1a\n")
+
+    # Provenance: the software, every parameter, the objects read with their S3 ETags.
+    origin = manifest.provenance
+    assert origin["software"]["packages"]["dipy"] and origin["software"]["python"]
+    assert origin["parameters"]["b0_threshold"] == 50.0  # a default, recorded
+    read = {o["key"]: o for o in origin["inputs"]["objects"]}
+    source = open_store(input_uri, settings)
+    for key in read:
+        assert read[key]["etag"] == source.stat(key).etag and read[key]["bytes"] > 0
+    assert any(k.endswith("data.nii.gz") for k in read) and any(k.endswith("bvals") for k in read)
+    assert origin["host"]["cluster"]["workers"] >= 1
     timing = json.loads(blobs["timing.json"])
     for stage in ("queue_wait", "load", "cluster_acquire", "dti", "cluster_release"):
         assert stage in timing["stages_s"], stage
@@ -78,7 +89,13 @@ def test_dti_job_through_the_queue_equals_serial_dipy(
 
     # `voxfleet status` shows the job with its stages.
     status = voxfleet(env, "status", job_id, "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "done"
+    shown = json.loads(status.stdout)
+    assert status.returncode == 0 and shown["state"] == "done"
+    assert shown["provenance"] == origin
+    text = voxfleet(env, "status", job_id).stdout
+    assert (
+        "software: voxfleet" in text and "dipy" in text and f"input: {len(read)} object(s)" in text
+    )
 
     # The same work enqueued again runs once: the second job reports the existing commit.
     second = voxfleet(env, "enqueue", "dti", input_uri, "--results", results, "--json")

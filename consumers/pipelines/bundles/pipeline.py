@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.bundles import inputs, recognition
 from consumers.pipelines.fanout import map_scattered, record_tasks
+from shared import provenance
 from shared.errors import InvalidInput
 from shared.manifest import Manifest
 from shared.params import BundlesParams
@@ -201,4 +202,16 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         "shape_similarity_threshold_mm": recognition.SHAPE_THRESHOLD_MM,
         "output_format": params.output_format,
     }
-    return PipelineResult(uploads=uploads, summary=summary)
+    read = {
+        "tractography": {
+            "uri": ctx.spec.input_uri,
+            "job_key": loaded.manifest.job_key,
+            "attempt": loaded.manifest.attempt,
+            "objects": [
+                {k: s[k] for k in ("key", "bytes", "sha256")}
+                for s in loaded.manifest.summary["shards"]
+            ],
+        },
+        "atlas": provenance.stored(params.atlas, ctx.settings),
+    }
+    return PipelineResult(uploads=uploads, summary=summary, inputs=read)

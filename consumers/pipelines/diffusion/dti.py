@@ -196,4 +196,5 @@ def run(ctx: PipelineContext, subject: Subject, client: Any) -> PipelineResult:
                 vmax=1.0,
             )
             uploads["qc/fa.png"] = png
-    return PipelineResult(uploads=uploads, summary=_summary(subject, fa, md, n_chunks))
+    summary = _summary(subject, fa, md, n_chunks)
+    return PipelineResult(uploads=uploads, summary=summary, inputs=subject.inputs)

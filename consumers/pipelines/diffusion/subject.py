@@ -13,7 +13,7 @@ source.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ from consumers.pipelines.diffusion.gradients import (
     gradient_table_for,
     read_gradients,
 )
+from shared import provenance
 from shared.errors import InvalidInput
 from shared.layouts import SubjectFiles
 from shared.settings import Settings
@@ -56,6 +57,7 @@ class Subject:
     source: str  # URI of the series' DWI, for messages and reports
     files: SubjectFiles
     mask_source: MaskSource = "layout"
+    inputs: dict[str, Any] = field(default_factory=dict)  # what was read (provenance.objects)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -212,4 +214,7 @@ def load_subject(
         source=inputs.uri_for(files.dwi),
         files=files,
         mask_source=source,
+        inputs=provenance.objects(
+            inputs, [k for k in (files.dwi, files.bval, files.bvec, files.mask) if k]
+        ),
     )

@@ -94,6 +94,8 @@ def load(ctx: PipelineContext) -> Loaded:
         labels = None
         if source == "segmentation":
             labels = white_matter.read_segmentation(inputs, files, ctx.workdir, ctx.settings)
+            assert files.segmentation is not None  # what choose_source chose it by
+            subject.inputs["objects"].append(inputs.stat(files.segmentation).as_dict())
     if labels is None:
         return Loaded(subject, source, None)  # white matter from FA, once the cluster fitted it
     with ctx.timer.stage("mask"):
@@ -212,7 +214,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         **series_summary(subject),
     }
     files = [*tracked.files, merged.info]
-    return PipelineResult(files=files, uploads=uploads, summary=summary)
+    return PipelineResult(files=files, uploads=uploads, summary=summary, inputs=subject.inputs)
 
 
 def qc_image(

@@ -47,6 +47,7 @@ from consumers.pipelines.microstructure.objectness import ObjectnessSpec
 from consumers.pipelines.microstructure.readers.base import Selection
 from consumers.pipelines.microstructure.volume import Volume, open_volume
 from consumers.pipelines.microstructure.zarrstore import ObjectZarrStore
+from shared import provenance
 from shared.errors import InvalidInput
 from shared.params import MicrostructureParams
 from shared.store import ObjectInfo
@@ -380,7 +381,8 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
                 title,
                 client,
             )
-    return PipelineResult(files=files, uploads=uploads, summary=summary)
+    read = provenance.stored(ctx.spec.input_uri, ctx.settings)
+    return PipelineResult(files=files, uploads=uploads, summary=summary, inputs=read)
 
 
 __all__ = ["OUTPUT", "Loaded", "load", "run"]
