@@ -259,13 +259,8 @@ class S3Store(ObjectStore):
                     yield ObjectStat(obj["Key"][start:], int(obj["Size"]), etag)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        full = join(self.prefix, safe_key(prefix)) if prefix else self.prefix
-        start = len(self.prefix) + 1 if self.prefix else 0
-        paginator = self.client.get_paginator("list_objects_v2")
-        with _s3_errors(f"s3://{self.bucket}/{full}"):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{full}/" if full else ""):
-                for obj in page.get("Contents", []):
-                    yield obj["Key"][start:]
+        for found in self.stats(prefix):  # the listing carries sizes and ETags anyway
+            yield found.key
 
     def children(self, prefix: str = "") -> builtins.list[str]:
         return self.entries(prefix)[1]
