@@ -279,3 +279,29 @@ def report(
         name, rows, out, cost_per_core_hour=cost_per_core_hour, params=current.record.get("params")
     )
     console.print(f"report: {index}")
+
+
+@app.command()
+@friendly
+def results(
+    name: Annotated[str, typer.Argument(help="Campaign name.")],
+    out: Annotated[
+        Path, typer.Option(help="The table to write: FILE.parquet or FILE.csv (by extension).")
+    ],
+    results_uri: Annotated[
+        str | None,
+        typer.Option("--results", help="Results root, when Redis no longer has the campaign."),
+    ] = None,
+) -> None:
+    """One table for the whole campaign from its committed manifests: a row per job with its
+    subject and session, the summary figures, timings, software and result URI."""
+    from producer.results import campaign_rows, write_table
+
+    settings = get_settings()
+    current = campaign_status(name, settings, results_uri)
+    store = open_store(current.record["results_uri"], settings)
+    jobs = [(j.job_id, j.subject, j.key, j.state, j.reason) for j in current.jobs]
+    rows = campaign_rows(store, current.record["pipeline"], jobs)
+    written = write_table(rows, out)
+    done = sum(1 for row in rows if row["state"] == "done")
+    console.print(f"{written}: {len(rows)} jobs, {done} with results", highlight=False)

@@ -8,7 +8,7 @@ and its name here; ``tests/pipelines/test_registry.py`` fails until the three ag
 
 Lazy on purpose: every ``consumers.pipelines.X`` import runs this file first, and Dask workers
 import the leaf modules their tasks live in. Importing every pipeline here would load
-matplotlib, zarr and dask-image into each dipy worker (~5 CPU s per worker process, charged to
+matplotlib, zarr and ITK into each dipy worker (~5 CPU s per worker process, charged to
 every job on an ephemeral cluster). A pipeline's module is imported when the consumer first
 asks for it. The science subpackages' ``__init__`` files stay empty for the same reason.
 """

@@ -128,6 +128,29 @@ def test_campaign_of_30_jobs_on_3_consumers(
     )
     assert rebuilt["source"] == "store" and rebuilt["counts"] == {"done": N_JOBS}
 
+    # One table for the campaign, from the manifests alone (Redis is empty now): Parquet and CSV.
+    import pyarrow.parquet as pq
+
+    table_path = tmp_path / "table.parquet"
+    made = voxfleet(
+        env, "campaign", "results", name, "--out", str(table_path), "--results", results
+    )
+    assert made.returncode == 0, made.stderr
+    table = pq.read_table(table_path).to_pylist()
+    assert len(table) == N_JOBS and {row["state"] for row in table} == {"done"}
+    assert sorted(row["subject"] for row in table) == sorted(j.subject for j in status.jobs)
+    assert all(0 < row["fa_median"] < 1 and row["wall_s"] > 0 for row in table)
+    assert {row["result_uri"] for row in table} == {f"s3://{bucket}/{k}" for k in manifests}
+    assert all(row["voxfleet"] and row["pipeline_version"] for row in table)
+    csv_path = tmp_path / "table.csv"
+    voxfleet(env, "campaign", "results", name, "--out", str(csv_path), "--results", results)
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == N_JOBS + 1 and "fa_median" in lines[0].split(",")
+    bad = voxfleet(env, "campaign", "results", name, "--out", str(tmp_path / "t.xlsx"),
+                   "--results", results)  # fmt: skip
+    assert bad.returncode != 0 and ".parquet or .csv" in bad.stderr
+    assert not (tmp_path / "t.xlsx").exists()
+
 
 def test_bad_manifest_rows_are_reported_by_line_and_nothing_is_enqueued(
     redis_server: EmbeddedRedis, s3_endpoint: str, tmp_path: Path, cohort: Path
