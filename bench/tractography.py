@@ -74,7 +74,7 @@ def serial_reference(subject: Path, out: Path, dask_backends: list[str]) -> dict
     from nibabel.streamlines.array_sequence import ArraySequence
 
     from consumers.pipelines.diffusion.white_matter import resample_labels_nearest
-    from shared.params import HCP_WM_LABELS
+    from shared.params.diffusion import HCP_WM_LABELS
 
     st = Stages()
     with st.stage("load"):
