@@ -26,6 +26,7 @@ from producer.campaign import (
 )
 from producer.console import console, err_console, friendly
 from producer.jobs import parse_params
+from shared.errors import InvalidInput
 from shared.layouts import LAYOUTS
 from shared.manifest import MANIFEST, Manifest
 from shared.params import PIPELINE_PARAMS
@@ -292,16 +293,35 @@ def results(
         str | None,
         typer.Option("--results", help="Results root, when Redis no longer has the campaign."),
     ] = None,
+    profiles: Annotated[
+        bool,
+        typer.Option(
+            "--profiles",
+            help="The long table of every bundles job's tract profiles (subject, bundle, node, "
+            "metric, value) instead of a row per job.",
+        ),
+    ] = False,
 ) -> None:
     """One table for the whole campaign from its committed manifests: a row per job with its
     subject and session, the summary figures, timings, software and result URI."""
-    from producer.results import campaign_rows, write_table
+    from producer.results import bundles_followups, campaign_rows, profile_rows, write_table
 
     settings = get_settings()
     current = campaign_status(name, settings, results_uri)
     store = open_store(current.record["results_uri"], settings)
     jobs = [(j.job_id, j.subject, j.key, j.state, j.reason) for j in current.jobs]
-    rows = campaign_rows(store, current.record["pipeline"], jobs)
+    pipeline = current.record["pipeline"]
+    if profiles:
+        if pipeline not in ("bundles", "tractography"):
+            raise InvalidInput(f"campaign {name!r} runs {pipeline}: it has no tract profiles")
+        # A tractography campaign's profiles are its bundles follow-ups'.
+        if pipeline == "tractography":
+            jobs = bundles_followups(current.record, jobs)
+        found = profile_rows(store, "bundles", jobs)
+        written = write_table(found, out)
+        console.print(f"{written}: {len(found)} profile values", highlight=False)
+        return
+    rows = campaign_rows(store, pipeline, jobs)
     written = write_table(rows, out)
     done = sum(1 for row in rows if row["state"] == "done")
     console.print(f"{written}: {len(rows)} jobs, {done} with results", highlight=False)

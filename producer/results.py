@@ -14,7 +14,9 @@ rebuilt long after its broker records expired (``--results``). Columns:
 - where and how: ``result_uri`` (the manifest), ``committed_at``, voxfleet's version and commit.
 
 Jobs that have not committed are rows too, with their state and reason and no figures, so the
-table says what is missing. Written as Parquet (pyarrow) or CSV, chosen by the extension.
+table says what is missing. ``--profiles`` writes the long table of every ``bundles`` job's
+tract profiles instead (job_id, subject, bundle, node, metric, value). Written as Parquet
+(pyarrow) or CSV, chosen by the extension.
 """
 
 from __future__ import annotations
@@ -90,6 +92,55 @@ def campaign_rows(
 
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         return list(pool.map(one, jobs))
+
+
+def bundles_followups(
+    record: dict[str, Any], jobs: list[tuple[str, str, str, str, str]]
+) -> list[tuple[str, str, str, str, str]]:
+    """The bundles follow-ups of a tractography campaign's jobs (``bundles_atlas``), as the
+    consumers enqueued them: the same JobSpec, so the same subject and key."""
+    from shared.jobspec import JobSpec
+    from shared.params import TractographyParams
+
+    bundles = TractographyParams(**(record.get("params") or {})).followup_params()
+    if bundles is None:
+        raise InvalidInput("this tractography campaign has no bundles_atlas: no tract profiles")
+    found = []
+    for job_id, subject, key, state, reason in jobs:
+        spec = JobSpec(
+            pipeline="bundles",
+            input_uri=f"{record['results_uri']}/{subject}/tractography/{key[:16]}",
+            results_uri=record["results_uri"],
+            params=bundles.model_dump(mode="json"),
+        )
+        follow_id = job_id[: 64 - len("-bundles")] + "-bundles"  # as consumers.followup names it
+        found.append((follow_id, spec.subject, spec.key, state, reason))
+    return found
+
+
+def profile_rows(
+    store: ObjectStore, pipeline: str, jobs: list[tuple[str, str, str, str, str]]
+) -> list[dict[str, Any]]:
+    """The long table of every committed job's tract profiles (``profiles.parquet`` of the
+    ``bundles`` jobs): subject, bundle, node, metric, value, plus the job id."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    def one(job: tuple[str, str, str, str, str]) -> list[dict[str, Any]]:
+        job_id, subject, key, _, _ = job
+        prefix = f"{subject}/{pipeline}/{key[:16]}"
+        if not store.exists(f"{prefix}/{MANIFEST}"):
+            return []
+        manifest = Manifest.model_validate_json(store.get_bytes(f"{prefix}/{MANIFEST}"))
+        found = [f["key"] for f in manifest.files if f["key"].endswith("/profiles.parquet")]
+        if not found:
+            return []
+        table = pq.read_table(io.BytesIO(store.get_bytes(f"{prefix}/{found[0]}")))
+        return [{"job_id": job_id, **row} for row in table.to_pylist()]
+
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        return [row for rows in pool.map(one, jobs) for row in rows]
 
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> Path:

@@ -3,7 +3,8 @@
 dipy ships ``minimal_bundles.zip``: 5 subjects x 3 bundles (AF_L, CST_R, CC_ForcepsMajor) of
 50 streamlines each, in RAS mm. From it this writes an *atlas* (a folder of model bundles, and
 optionally ``whole_brain/``) and a committed *tractography result* (shards plus a manifest, as
-the ``tractography`` job commits them), so a ``bundles`` job can run with no download at all.
+the ``tractography`` job commits them, with FA and MD maps for the tract profiles), so a
+``bundles`` job can run with no download at all.
 Only nibabel and the standard library are used: the producer never imports dipy.
 """
 
@@ -113,6 +114,9 @@ def write_tractography_result(
                 "sha256": info.sha256,
             }
         )
+    maps, affine = tensor_maps(streamlines)
+    for name, values in maps.items():
+        files.append(job.put_bytes(f"{attempt}/{name}", nifti_gz_bytes(values, affine)).as_dict())
     manifest = Manifest(
         job_key=key,
         job_id=f"synthetic-{key[:12]}",
@@ -127,6 +131,33 @@ def write_tractography_result(
     )
     job.put_if_absent(MANIFEST, manifest.to_bytes())
     return prefix
+
+
+VOXEL_MM = 2.0  # the maps' grid
+
+
+def tensor_maps(streamlines: ArraySequence) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """FA and MD volumes on a 2 mm grid around ``streamlines`` (the .trk headers of dipy's
+    minimal bundles carry no grid), as a tractography result carries them for tract profiles:
+    smooth and varying along every axis (so a profile has a shape), FA in (0.15, 0.85) and MD
+    around 0.8e-3 mm^2/s like white matter. Returns the maps and their voxel-to-RAS affine."""
+    points = streamlines.get_data()
+    low = np.floor(points.min(axis=0)) - 4 * VOXEL_MM
+    shape = tuple(int(n) for n in np.ceil((points.max(axis=0) + 4 * VOXEL_MM - low) / VOXEL_MM))
+    affine = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
+    affine[:3, 3] = low
+    grid = np.meshgrid(*(np.linspace(0, np.pi, n) for n in shape), indexing="ij")
+    wave = np.sin(grid[0] * 1.5) * np.cos(grid[1]) + 0.5 * np.sin(grid[2] * 2.0)
+    fa = 0.5 + 0.35 * np.tanh(wave)
+    md = 0.8e-3 * (1.2 - 0.4 * fa)
+    return {"fa.nii.gz": fa.astype(np.float32), "md.nii.gz": md.astype(np.float32)}, affine
+
+
+def nifti_gz_bytes(values: np.ndarray, affine: np.ndarray) -> bytes:
+    """A volume with its voxel-to-RAS affine as .nii.gz bytes."""
+    import gzip
+
+    return gzip.compress(nib.Nifti1Image(values, affine).to_bytes(), mtime=0)
 
 
 def merged(bundles: dict[str, ArraySequence]) -> ArraySequence:

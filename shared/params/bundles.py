@@ -16,7 +16,7 @@ class BundlesParams(PipelineParams):
     whole-brain streamline registration to the atlas, then every model bundle recognised in
     parallel. Distances and lengths are in millimetres (RAS)."""
 
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: tract profiles
     input_marker: ClassVar[str] = MANIFEST_NAME
     atlas: str = Field(
         min_length=1,
@@ -51,6 +51,12 @@ class BundlesParams(PipelineParams):
     )
     output_format: Literal["trk", "trx"] = Field(default="trk", description="Bundle file format.")
     qc: bool = Field(default=True, description="Write the bundles QC PNG.")
+    profiles: bool = Field(
+        default=True,
+        description="Tract profiles: FA and MD along each bundle (Gaussian-weighted, oriented by "
+        "the model bundle), written as profiles.parquet.",
+    )
+    profile_points: int = Field(default=100, ge=10, le=1000, description="Nodes per profile.")
 
     @classmethod
     def subject_of(cls, input_uri: str) -> str:

@@ -70,6 +70,11 @@ def test_tractography_chains_into_bundles(
         assert f"bundles/{bundle['name']}.trk" in names
         assert f"bundles/{bundle['name']}.indices.npy" in names
     assert sorted(b["name"] for b in summary["bundles"]) == sorted(subjects[1])
+    # Tract profiles of the bundles found, from the tractography result's FA and MD maps.
+    assert summary["profiles"]["metrics"] == ["fa", "md"]
+    profiled = [b["name"] for b in summary["bundles"] if b["streamlines"] >= 2]
+    assert summary["profiles"]["bundles"] == sorted(profiled)
+    assert ("profiles.parquet" in names) == bool(profiled)
     print("chained:", json.dumps([(b["name"], b["streamlines"]) for b in summary["bundles"]]))
     timing = json.loads(store.get_bytes(f"{prefix}/{manifest.attempt}/timing.json"))
     for stage in ("load", "register", "cluster", "recognize", "write", "publish"):

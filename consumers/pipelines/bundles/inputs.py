@@ -164,3 +164,34 @@ def download_atlas(listing: AtlasListing, settings: Settings, workdir: Path) -> 
         for key, path in paths.items()
     ]
     return Atlas(listing, bundles, whole, files)
+
+
+#: The maps a tractography result carries that tract profiles sample (results committed
+#: before MD was written have FA alone: their profiles are FA's).
+PROFILE_MAPS = {"fa": "fa.nii.gz", "md": "md.nii.gz"}
+
+
+def download_maps(
+    inputs: ObjectStore, manifest: Manifest, workdir: Path
+) -> tuple[dict[str, Any], Any]:
+    """The tractography result's FA and MD volumes (float64) and their affine, each verified
+    against the manifest: what the tract profiles sample."""
+    import nibabel as nib
+    import numpy as np
+
+    listed = {entry["key"]: entry for entry in manifest.files}
+    maps: dict[str, Any] = {}
+    affine = None
+    for metric, name in PROFILE_MAPS.items():
+        key = f"{manifest.attempt}/{name}"
+        if key not in listed:
+            continue
+        path = _fetch(inputs, key, workdir / "maps" / name)
+        if sha256_file(path) != listed[key]["sha256"]:
+            raise InvalidInput(f"{inputs.uri_for(key)} does not match its manifest entry")
+        image: Any = nib.load(str(path))
+        maps[metric] = np.asarray(image.dataobj, dtype=np.float64)
+        affine = np.asarray(image.affine, dtype=np.float64)
+    if not maps:
+        raise InvalidInput(f"tractography result {inputs.uri} has no FA map to profile")
+    return maps, affine

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.bundles import inputs, recognition
+from consumers.pipelines.bundles import inputs, profiles, recognition
 from consumers.pipelines.fanout import map_scattered, record_tasks
 from shared import provenance
 from shared.errors import InvalidInput
@@ -32,6 +32,8 @@ from shared.params import BundlesParams
 #: Imported on every worker while the cluster starts: the recognition task and dipy's stack.
 WORKER_MODULES = (
     "consumers.pipelines.bundles.recognition",
+    "consumers.pipelines.bundles.profiles",
+    "dipy.stats.analysis",
     "dipy.segment.bundles",
     "dipy.align.streamlinear",
 )
@@ -42,6 +44,8 @@ class Loaded:
     manifest: Manifest
     tractogram: inputs.Tractogram
     atlas: inputs.Atlas
+    maps: dict[str, Any] | None = None  # FA and MD volumes for the tract profiles
+    affine: Any = None
 
 
 def check(ctx: PipelineContext) -> None:
@@ -60,7 +64,12 @@ def load(ctx: PipelineContext) -> Loaded:
         listing = inputs.list_atlas(params.atlas, ctx.settings)
         tractogram = inputs.download_tractography(ctx.inputs, manifest, ctx.workdir)
         atlas = inputs.download_atlas(listing, ctx.settings, ctx.workdir)
-    return Loaded(manifest, tractogram, atlas)
+        maps, affine = (
+            inputs.download_maps(ctx.inputs, manifest, ctx.workdir)
+            if params.profiles
+            else (None, None)
+        )
+    return Loaded(manifest, tractogram, atlas, maps, affine)
 
 
 def register(
@@ -99,6 +108,24 @@ def _lengths(streamlines: Any) -> NDArray[np.float64]:
     from dipy.tracking.streamlinespeed import length
 
     return np.asarray(length(streamlines), dtype=np.float64) if len(streamlines) else np.zeros(0)
+
+
+def _profiles(
+    client: Any, results: Any, native: dict[str, Any], loaded: Loaded, n_points: int
+) -> dict[str, dict[str, Any]]:
+    """Every recognised bundle's profiles, a bundle a task; bundles of fewer than two
+    streamlines have none."""
+    parts = [(str(r["name"]), native[str(r["name"])], r["flips"]) for r in results]
+    profiled = map_scattered(
+        client,
+        profiles.profile_task,
+        parts,
+        n_points,
+        labels=[f"profile {name}" for name, _, _ in parts],
+        shared=(loaded.maps, loaded.affine),
+        scatter_parts=False,
+    )
+    return {str(p["name"]): p["profiles"] for p in profiled if p["profiles"] is not None}
 
 
 def _write_bundle(
@@ -173,14 +200,38 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
             )
     if params.qc:
         with ctx.timer.stage("qc"):
-            from consumers.pipelines.bundles.qc import bundles_image
+            from consumers.pipelines.bundles import qc  # matplotlib: the consumer only
 
-            uploads["qc/bundles.png"] = bundles_image(
+            uploads["qc/bundles.png"] = qc.bundles_image(
                 ctx.workdir / "out" / "qc" / "bundles.png", ctx.spec.subject, native
             )
 
+    profiled: dict[str, dict[str, Any]] = {}
+    if loaded.maps is not None:
+        with ctx.timer.stage("profiles"):
+            profiled = _profiles(client, results, native, loaded, params.profile_points)
+        ctx.timer.extra["profiled_bundles"] = len(profiled)
+        if profiled:
+            out = ctx.workdir / "out"
+            uploads["profiles.parquet"] = profiles.write_table(
+                out / "profiles.parquet", ctx.spec.subject, profiled
+            )
+            if params.qc:
+                from consumers.pipelines.bundles import qc  # matplotlib: the consumer only
+
+                uploads["qc/profiles.png"] = qc.profiles_image(
+                    out / "qc" / "profiles.png", ctx.spec.subject, profiled
+                )
+
     summary = {
         "bundles": bundles,
+        "profiles": {
+            "bundles": sorted(profiled),
+            "metrics": sorted(loaded.maps or {}),
+            "nodes": params.profile_points,
+        }
+        if loaded.maps is not None
+        else None,
         "recognized": sum(b["streamlines"] for b in bundles),
         "bundles_found": sum(1 for b in bundles if b["streamlines"] > 0),
         "streamlines": len(subject),

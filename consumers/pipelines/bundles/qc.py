@@ -46,3 +46,25 @@ def bundles_image(path: Path, subject: str, bundles: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
+
+
+def profiles_image(path: Path, subject: str, profiles: dict[str, dict[str, Any]]) -> Path:
+    """One panel per map (FA, MD), one line per bundle along its nodes (node 0 at the end the
+    model bundle starts from)."""
+    metrics = sorted({m for maps in profiles.values() for m in maps})
+    figure = Figure(figsize=(6.0 * max(1, len(metrics)), 4.2), dpi=90)
+    panels = np.atleast_1d(figure.subplots(1, max(1, len(metrics))))
+    cmap = colormaps["tab10" if len(profiles) <= 10 else "tab20"]
+    for i, (name, maps) in enumerate(sorted(profiles.items())):
+        for panel, metric in zip(panels, metrics, strict=False):
+            if metric in maps:
+                panel.plot(maps[metric], color=cmap(i % cmap.N), linewidth=1.2, label=name)
+    for panel, metric in zip(panels, metrics, strict=False):
+        panel.set_title(metric.upper())
+        panel.set_xlabel("node along the bundle")
+    if metrics:
+        panels[0].legend(loc="best", fontsize=7, frameon=False)
+    figure.suptitle(f"{subject}: tract profiles of {len(profiles)} bundles")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

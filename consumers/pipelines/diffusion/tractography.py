@@ -104,15 +104,18 @@ def load(ctx: PipelineContext) -> Loaded:
     return Loaded(subject, source, mask)
 
 
-def _fa_volume(
+def _tensor_maps(
     ctx: PipelineContext, subject: Subject, client: Any, params: TractographyParams
-) -> NDArray[np.float64]:
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """FA (for tracking) and MD (for the tract profiles of a bundles follow-up) volumes."""
     dti_params = DtiParams(b0_threshold=params.b0_threshold, qc=False)
-    values, _, _ = fit_tensor_values(ctx, subject, client, dti_params)
+    fa_values, md_values, _ = fit_tensor_values(ctx, subject, client, dti_params)
     fa = np.zeros(subject.shape, dtype=np.float64)
+    md = np.zeros(subject.shape, dtype=np.float64)
     # dipy gives NaN FA for a voxel with no usable signal; it stops tracking like FA 0 does.
-    fa[subject.mask] = np.nan_to_num(values, nan=0.0)
-    return fa
+    fa[subject.mask] = np.nan_to_num(fa_values, nan=0.0)
+    md[subject.mask] = np.nan_to_num(md_values, nan=0.0)
+    return fa, md
 
 
 def _response(
@@ -131,7 +134,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     params = ctx.params(TractographyParams)
     subject = loaded.subject
     with ctx.timer.stage("dti"):
-        fa = _fa_volume(ctx, subject, client, params)
+        fa, md = _tensor_maps(ctx, subject, client, params)
     mask = loaded.wm
     if mask is None:
         with ctx.timer.stage("mask"):
@@ -182,6 +185,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
     uploads: dict[str, Path] = {}
     with ctx.timer.stage("write"):
         uploads["fa.nii.gz"] = write_nifti(ctx, "fa.nii.gz", fa.astype(np.float32), subject)
+        uploads["md.nii.gz"] = write_nifti(ctx, "md.nii.gz", md.astype(np.float32), subject)
         uploads["wm_mask.nii.gz"] = write_nifti(
             ctx, "wm_mask.nii.gz", mask.astype(np.uint8), subject
         )

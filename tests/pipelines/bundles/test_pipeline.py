@@ -9,11 +9,18 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from dipy.align.streamlinear import whole_brain_slr
 from dipy.io.streamline import load_tractogram
 from dipy.segment.bundles import RecoBundles, bundle_shape_similarity
+from dipy.segment.clustering import QuickBundles
+from dipy.segment.featurespeed import ResampleFeature
+from dipy.segment.metricspeed import AveragePointwiseEuclideanMetric
+from dipy.stats.analysis import afq_profile, gaussian_weights
+from dipy.tracking.streamline import orient_by_streamline
 from matplotlib.image import imread
 from nibabel.streamlines.array_sequence import ArraySequence
 
@@ -104,7 +111,7 @@ def serial_recobundles(
     labels, similarity = {}, {}
     for name in names:
         rb.rng = np.random.default_rng([SEED, zlib.crc32(name.encode())])
-        _, found = rb.recognize(
+        recognized, found = rb.recognize(
             models[name],
             model_clust_thr=2.5,
             reduction_thr=15,
@@ -115,6 +122,7 @@ def serial_recobundles(
             num_threads=1,
         )
         labels[name] = np.asarray(found, dtype=np.int64)
+        ORIENTED[name] = orientation(recognized, models[name])
         similarity[name] = bundle_shape_similarity(
             moved[labels[name]],
             models[name],
@@ -122,6 +130,30 @@ def serial_recobundles(
             threshold=6,
         )
     return whole, labels, similarity
+
+
+ORIENTED: dict[str, np.ndarray] = {}  # per bundle: which recognised streamlines run reversed
+
+
+def orientation(recognized: Any, model: Any) -> np.ndarray:
+    """dipy's example recipe: orient by the model's QuickBundles centroid (100 nodes)."""
+    metric = AveragePointwiseEuclideanMetric(ResampleFeature(nb_points=100))
+    standard = QuickBundles(np.inf, metric=metric).cluster(model).centroids[0]
+    oriented = orient_by_streamline(recognized, standard)
+    pairs = zip(oriented, recognized, strict=True)
+    return np.array([not np.array_equal(a[0], b[0]) for a, b in pairs])
+
+
+def serial_profiles(bundle: Any, flipped: np.ndarray, maps: Path) -> dict[str, np.ndarray]:
+    """Plain dipy tractometry on one native bundle: Gaussian weights, afq_profile per map."""
+    lines = ArraySequence([s[::-1] if f else s for s, f in zip(bundle, flipped, strict=True)])
+    weights = gaussian_weights(lines, n_points=100)
+    found = {}
+    for metric in ("fa", "md"):
+        image = nib.load(str(maps / f"{metric}.nii.gz"))
+        data = np.asarray(image.dataobj, dtype=np.float64)
+        found[metric] = afq_profile(data, lines, image.affine, n_points=100, weights=weights)
+    return found
 
 
 def test_bundles_equal_serial_recobundles_and_find_the_truth(
@@ -163,6 +195,22 @@ def test_bundles_equal_serial_recobundles_and_find_the_truth(
         print(f"{name}: {len(indices)}/{len(truth)}, BA to model {similarity[name]:.3f}, "
               f"to truth {to_truth:.3f}")  # fmt: skip
         assert to_truth >= 0.9, (name, to_truth)
+
+    # Tract profiles: equal to the serial dipy calls on the same bundle and maps.
+    table = pq.read_table(result.uploads["profiles.parquet"]).to_pylist()
+    assert {r["bundle"] for r in table} == set(names) and {r["metric"] for r in table} == {
+        "fa",
+        "md",
+    }
+    maps = next(Path(tractogram_uri).glob("*/fa.nii.gz")).parent
+    for name in names:
+        expected = serial_profiles(whole[reference[name]], ORIENTED[name], maps)
+        for metric, values in expected.items():
+            ours = [r["value"] for r in table if r["bundle"] == name and r["metric"] == metric]
+            assert len(ours) == 100 and np.abs(np.asarray(ours) - values).max() <= 1e-9
+            assert np.ptp(values) > 0  # the synthetic maps vary along the bundle
+    assert result.summary["profiles"]["nodes"] == 100
+    assert imread(result.uploads["qc/profiles.png"]).ndim == 3
 
     assert result.summary["recognized"] == sum(len(v) for v in reference.values())
     assert result.summary["tractography"]["shards"] == 3

@@ -277,7 +277,12 @@ def test_job_equals_serial_dipy_pipeline(
     assert distance <= POINT_TOLERANCE_MM
 
     # The consumer's uploads, the QC image, the stages and the per-worker busy times.
-    assert list(result.uploads) == ["fa.nii.gz", "wm_mask.nii.gz", "qc/tractography.png"]
+    assert list(result.uploads) == [
+        "fa.nii.gz",
+        "md.nii.gz",
+        "wm_mask.nii.gz",
+        "qc/tractography.png",
+    ]
     pixels = imread(result.uploads["qc/tractography.png"])
     assert pixels.shape[0] > pixels.shape[1] > 500  # three rows of three views
     stages = set(ctx.timer.stages)

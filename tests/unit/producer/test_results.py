@@ -37,3 +37,22 @@ def test_an_unknown_format_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match=r"\.parquet or \.csv"):
         write_table(ROWS, tmp_path / "t.xlsx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tractography_campaign_finds_its_bundles_followups() -> None:
+    from consumers.followup import followups
+    from producer.results import bundles_followups
+    from shared.jobspec import JobSpec
+
+    params = {"bundles_atlas": "s3://lab/atlas", "bundles_params": {"slr_min_cluster": 5}}
+    spec = JobSpec(
+        pipeline="tractography",
+        input_uri="s3://lab/hcp/100307",
+        results_uri="s3://lab/results",
+        params=params,
+    )
+    result = f"s3://lab/results/{spec.subject}/tractography/{spec.key[:16]}/manifest.json"
+    [enqueued] = followups(spec, result)  # what the consumer sends after the commit
+    record = {"params": params, "results_uri": "s3://lab/results"}
+    [found] = bundles_followups(record, [(spec.job_id, spec.subject, spec.key, "done", "")])
+    assert found[:3] == (enqueued.job_id, enqueued.subject, enqueued.key)
