@@ -107,6 +107,22 @@ cheap: workers forked from the consumer's preloaded forkserver start in ~0.2 s, 
 takes ~0.6 s ephemeral against ~0.4 s warm (the target was set when ephemeral was ~30 s). The
 ratio of two sub-second latencies is noisy; the absolute figures are what matter.""",
     },
+    "merge": {
+        "command": "python -m bench merge",
+        "method": """
+The tractography job's last step on HCP-size shards: 8 `.trk` shards holding the HCP-size
+`tractography` benchmark's streamline count (lengths lognormal around 50 mm at its 0.5 mm
+step, clipped to its 10-250 mm; random walks on the HCP grid), concatenated into one
+`tractogram.trx` by ours (`consumers.pipelines.diffusion.merge`: each shard read and its points
+streamed into the TRX zip, one shard in memory at a time) and by trx-python's own way (each
+shard loaded with dipy, `TrxFile.from_sft`, `concatenate`, `save`), each in a fresh process.
+`share_of_hcp_job` is our merge's wall time over the HCP-size job's wall time in
+`tractography.json` (the merge runs once tracking is done, on the consumer).""",
+        "limits": """
+Synthetic shards of the job's size, not the job's own: the job itself was not rerun with the
+merge in it (its results file predates it). The merge reads shards from local disk here; from
+S3 it downloads each shard once more (~100 MB each at HCP size).""",
+    },
     "microstructure": {
         "command": "python -m bench microstructure --size=384 --sigmas=2 --rounds=2",
         "method": """
@@ -222,6 +238,24 @@ ROWS: dict[str, list[tuple[str, ...]]] = {
             "`overhead_fraction_dti_warm` (kept cluster)",
             "{overhead_fraction_dti_warm}",
             "overhead_fraction_dti_warm <= 0.05",
+        ),
+    ],
+    "merge": [
+        ("streamlines; points; shards", "{streamlines}; {points}; {shards_mib:0} MiB"),
+        (
+            "our merge: wall s; CPU s; peak memory",
+            "{ours.wall_s:1}; {ours.cpu_s:1}; {ours.peak_pss_mib:gib}",
+        ),
+        (
+            "trx-python: wall s; CPU s; peak memory",
+            "{trx_python.wall_s:1}; {trx_python.cpu_s:1}; {trx_python.peak_pss_mib:gib}",
+        ),
+        ("CPU, trx-python / ours", "{cpu_ratio_vs_trx_python:2}"),
+        ("peak memory, trx-python / ours", "{peak_ratio_vs_trx_python:2}"),
+        (
+            "share of the HCP-size job's wall time",
+            "{share_of_hcp_job} of {hcp_job_wall_s:0} s",
+            "share_of_hcp_job <= 0.05",
         ),
     ],
     "microstructure": [
