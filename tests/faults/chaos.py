@@ -37,9 +37,19 @@ class OneJob:
     spec: JobSpec
 
     @classmethod
-    def make(cls, broker_url: str, bucket: str, subject_dir: Path, name: str) -> OneJob:
+    def make(
+        cls, broker_url: str, bucket: str, subject_dir: Path, name: str, pipeline: str = "dti"
+    ) -> OneJob:
+        """``pipeline="tractography"``: a job of tens of seconds, for faults that must land
+        while it runs (a dti job on this subject is over in a few seconds)."""
         queue = f"{name}-{uuid.uuid4().hex[:6]}"
-        spec = JobSpec(pipeline="dti", input_uri=str(subject_dir), results_uri=f"s3://{bucket}/r")
+        params = {"shards": 2, "qc": False} if pipeline == "tractography" else {}
+        spec = JobSpec(
+            pipeline=pipeline,
+            input_uri=str(subject_dir),
+            results_uri=f"s3://{bucket}/r",
+            params=params,
+        )
         return cls(queue, Settings(broker_url=broker_url, queue=queue), spec)  # type: ignore[arg-type]
 
     @property

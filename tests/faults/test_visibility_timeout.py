@@ -56,7 +56,8 @@ def _json(s3: Any, bucket: str, key: str) -> dict[str, Any]:
 def test_redelivered_copy_of_a_running_job_defers_and_publishes_nothing(
     broker: EmbeddedRedis, s3_endpoint: str, bucket: str, subject_dir: Path, tmp_path: Path
 ) -> None:
-    job = OneJob.make(broker.url, bucket, subject_dir, "vis")
+    # Long enough that Redis redelivers it (3 s visibility) while it runs on the first consumer.
+    job = OneJob.make(broker.url, bucket, subject_dir, "vis", "tractography")
     queue, settings, spec = job.queue, job.settings, job.spec
     events = StageEvents(broker.url)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
