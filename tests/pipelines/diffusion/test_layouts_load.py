@@ -79,7 +79,9 @@ def _track(ctx: PipelineContext, client: Any) -> tuple[tractography.Loaded, Pipe
 def _streamlines(ctx: PipelineContext, result: PipelineResult, dwi: Path) -> list[np.ndarray]:
     """Every shard's streamlines in shard order, loaded with dipy's bounding-box check on."""
     out: list[np.ndarray] = []
-    for info in result.files:
+    shards = [info for info in result.files if info.key.startswith("shards/")]
+    assert len(shards) == len(result.files) - 1  # and tractogram.trx, their merge
+    for info in shards:
         path = ctx.workdir / "check" / info.key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(ctx.out.get_bytes(info.key))
