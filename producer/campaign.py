@@ -23,7 +23,7 @@ from producer.inputs import input_rows
 from producer.jobs import ledger_for
 from shared.checks import check_id, describe
 from shared.errors import InvalidInput
-from shared.jobspec import JobSpec
+from shared.jobspec import JobSpec, result_prefix
 from shared.manifest import MANIFEST
 from shared.params import PIPELINE_PARAMS
 from shared.settings import Settings
@@ -266,10 +266,6 @@ class CampaignStatus:
         }
 
 
-def _prefix(pipeline: str, subject: str, key: str) -> str:
-    return f"{subject}/{pipeline}/{key[:16]}"
-
-
 def campaign_status(
     name: str, settings: Settings, results_uri: str | None = None
 ) -> CampaignStatus:
@@ -296,7 +292,9 @@ def campaign_status(
     doubtful = [j for j in jobs if j.state in ("running", "retrying", "failed")]
     with ThreadPoolExecutor(max_workers=HEAD_THREADS) as pool:
         found = pool.map(
-            lambda j: store.exists(f"{_prefix(record['pipeline'], j.subject, j.key)}/{MANIFEST}"),
+            lambda j: store.exists(
+                f"{result_prefix(record['pipeline'], j.subject, j.key)}/{MANIFEST}"
+            ),
             doubtful,
         )
         for job, ok in zip(doubtful, found, strict=True):

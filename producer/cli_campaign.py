@@ -27,6 +27,7 @@ from producer.campaign import (
 from producer.console import console, err_console, friendly
 from producer.jobs import parse_params
 from shared.errors import InvalidInput
+from shared.jobspec import result_prefix
 from shared.layouts import LAYOUTS
 from shared.manifest import MANIFEST, Manifest
 from shared.params import PIPELINE_PARAMS
@@ -255,7 +256,7 @@ def report(
     pipeline = current.record["pipeline"]
 
     def timing_of(subject: str, key: str) -> dict[str, Any] | None:
-        prefix = f"{subject}/{pipeline}/{key[:16]}"
+        prefix = result_prefix(pipeline, subject, key)
         if not store.exists(f"{prefix}/{MANIFEST}"):
             return None
         manifest = Manifest.model_validate_json(store.get_bytes(f"{prefix}/{MANIFEST}"))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput
+from shared.jobspec import result_prefix
 from shared.manifest import MANIFEST, Manifest
 from shared.store import ObjectStore
 
@@ -83,7 +84,7 @@ def campaign_rows(
 
     def one(job: tuple[str, str, str, str, str]) -> dict[str, Any]:
         job_id, subject, key, state, reason = job
-        found = job_row(store, f"{subject}/{pipeline}/{key[:16]}")
+        found = job_row(store, result_prefix(pipeline, subject, key))
         head = {"job_id": job_id, "subject": subject, "pipeline": pipeline}
         if found is None:
             missing = state if state != "done" else "not committed"
@@ -109,7 +110,7 @@ def bundles_followups(
     for job_id, subject, key, state, reason in jobs:
         spec = JobSpec(
             pipeline="bundles",
-            input_uri=f"{record['results_uri']}/{subject}/tractography/{key[:16]}",
+            input_uri=f"{record['results_uri']}/{result_prefix('tractography', subject, key)}",
             results_uri=record["results_uri"],
             params=bundles.model_dump(mode="json"),
         )
@@ -129,7 +130,7 @@ def profile_rows(
 
     def one(job: tuple[str, str, str, str, str]) -> list[dict[str, Any]]:
         job_id, subject, key, _, _ = job
-        prefix = f"{subject}/{pipeline}/{key[:16]}"
+        prefix = result_prefix(pipeline, subject, key)
         if not store.exists(f"{prefix}/{MANIFEST}"):
             return []
         manifest = Manifest.model_validate_json(store.get_bytes(f"{prefix}/{MANIFEST}"))

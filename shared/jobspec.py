@@ -46,6 +46,12 @@ class ClusterSize(BaseModel):
     )
 
 
+def result_prefix(pipeline: str, subject: str, key: str) -> str:
+    """Where a job's results live below its ``results_uri`` (``JobSpec.result_prefix``), from
+    what a campaign's index keeps of it."""
+    return f"{subject}/{pipeline}/{key[:16]}"
+
+
 class JobSpec(BaseModel):
     """One unit of work: a pipeline over one subject or volume."""
 
@@ -143,7 +149,7 @@ class JobSpec(BaseModel):
     @property
     def result_prefix(self) -> str:
         """Where this job's results live below ``results_uri``; new parameters, new prefix."""
-        return f"{self.subject}/{self.pipeline}/{self.key[:16]}"
+        return result_prefix(self.pipeline, self.subject, self.key)
 
     def to_message(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

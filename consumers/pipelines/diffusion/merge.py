@@ -47,23 +47,21 @@ class Merged:
 def _shard_points(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """A shard's points in RAS+ mm, in streamline order, and each streamline's point count
     (``.trk`` through nibabel, ``.trx`` through trx-python)."""
+    trx = None
     if path.suffix == ".trx":
         from trx.trx_file_memmap import load
 
         trx = load(str(path))
-        try:
-            sequence = trx.streamlines
-            return (
-                np.ascontiguousarray(sequence.get_data(), dtype="<f4"),
-                np.asarray(sequence._lengths, dtype=np.int64),
-            )
-        finally:
+        sequence = trx.streamlines
+    else:
+        sequence = nib.streamlines.load(str(path)).streamlines
+    try:
+        # Copies: a trx file's memory map goes with close().
+        points = np.ascontiguousarray(sequence.get_data(), dtype="<f4")
+        return points, np.asarray(sequence._lengths, dtype=np.int64)
+    finally:
+        if trx is not None:
             trx.close()
-    sequence = nib.streamlines.load(str(path)).streamlines
-    return (
-        np.ascontiguousarray(sequence.get_data(), dtype="<f4"),
-        np.asarray(sequence._lengths, dtype=np.int64),
-    )
 
 
 def merge_shards(
