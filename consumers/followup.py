@@ -1,5 +1,5 @@
-"""Jobs that a finished job enqueues: a tractography job with ``bundles_atlas`` is followed by a
-``bundles`` job over its committed result.
+"""Jobs that a finished job enqueues (``shared.chain``): a tractography job with ``bundles_atlas``
+is followed by a ``bundles`` job over its committed result, and that by a ``profiles`` job.
 
 A follow-up is its own job, not a stage of the first: the tractogram commits (and is never
 recomputed) whatever happens to the segmentation; a bad atlas fails the bundles job alone; the
@@ -19,34 +19,17 @@ import logging
 from celery import Celery
 
 from consumers.ledger import Ledger
+from shared import chain
 from shared.jobspec import TASK_NAME, JobSpec
 from shared.manifest import MANIFEST
-from shared.params import TractographyParams
 
 log = logging.getLogger(__name__)
-SUFFIX = "-bundles"
 
 
 def followups(spec: JobSpec, manifest_uri: str) -> list[JobSpec]:
     """The jobs to enqueue now that ``spec`` has committed at ``manifest_uri``."""
-    params = spec.parameters()
-    if not isinstance(params, TractographyParams):
-        return []
-    bundles = params.followup_params()
-    if bundles is None:
-        return []
-    return [
-        JobSpec(
-            job_id=spec.job_id[: 64 - len(SUFFIX)] + SUFFIX,
-            campaign=spec.campaign,
-            pipeline="bundles",
-            input_uri=manifest_uri.removesuffix(f"/{MANIFEST}"),
-            results_uri=spec.results_uri,
-            params=bundles.model_dump(mode="json"),
-            cluster=spec.cluster,
-            resources=spec.resources,
-        )
-    ]
+    step = chain.next_step(spec, manifest_uri.removesuffix(f"/{MANIFEST}"))
+    return [] if step is None else [step]
 
 
 def enqueue(app: Celery, ledger: Ledger, specs: list[JobSpec], queue: str) -> list[str]:

@@ -21,6 +21,7 @@ from consumers.ledger import FINAL_STATES, Ledger
 from producer.bulk import publish_bulk, queue_list
 from producer.inputs import input_rows
 from producer.jobs import ledger_for
+from shared.chain import steps
 from shared.checks import check_id, describe
 from shared.errors import InvalidInput
 from shared.jobspec import JobSpec, result_prefix
@@ -63,9 +64,16 @@ class Plan:
 
 
 def committed(store: ObjectStore, specs: list[JobSpec]) -> set[str]:
-    """Keys of the specs whose manifest exists (HEADs in parallel)."""
+    """Keys of the specs whose manifest exists, and those of every step that follows them
+    (``shared.chain``), HEADs in parallel. A job whose later steps have not all committed is
+    not done: enqueued again, its committed steps are skipped in seconds (no cluster starts)
+    and each enqueues the next, so a chain resumes at its first missing step."""
+
+    def done(spec: JobSpec) -> bool:
+        return all(store.exists(f"{s.result_prefix}/{MANIFEST}") for s in steps(spec))
+
     with ThreadPoolExecutor(max_workers=HEAD_THREADS) as pool:
-        found = pool.map(lambda s: store.exists(f"{s.result_prefix}/{MANIFEST}"), specs)
+        found = pool.map(done, specs)
         return {spec.key for spec, ok in zip(specs, found, strict=True) if ok}
 
 

@@ -26,7 +26,6 @@ from producer.campaign import (
 )
 from producer.console import console, err_console, friendly
 from producer.jobs import parse_params
-from shared.errors import InvalidInput
 from shared.jobspec import result_prefix
 from shared.layouts import LAYOUTS
 from shared.manifest import MANIFEST, Manifest
@@ -58,7 +57,11 @@ def submit(
     ] = None,
     only_missing: Annotated[
         bool,
-        typer.Option("--only-missing", help="Skip jobs already committed or already in flight."),
+        typer.Option(
+            "--only-missing",
+            help="Skip jobs already committed (with every step that follows them, such as "
+            "bundles and profiles) or in flight; a chain resumes at its first missing step.",
+        ),
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     layout: Annotated[
@@ -249,14 +252,18 @@ def report(
 ) -> None:
     """An HTML page with PNG plots built from the jobs' timing.json files."""
     from producer.report import JobRow, build_report
+    from producer.results import JobRef, profile_rows, with_followups
 
     settings = get_settings()
     current = campaign_status(name, settings, results)
     store = open_store(current.record["results_uri"], settings)
     pipeline = current.record["pipeline"]
+    # Every step of every chain (tractography -> bundles -> profiles) is a job of the report.
+    first = [JobRef(j.job_id, pipeline, j.subject, j.key, j.state, j.reason) for j in current.jobs]
+    jobs = with_followups(current.record, first)
 
-    def timing_of(subject: str, key: str) -> dict[str, Any] | None:
-        prefix = result_prefix(pipeline, subject, key)
+    def timing_of(job: JobRef) -> dict[str, Any] | None:
+        prefix = result_prefix(job.pipeline, job.subject, job.key)
         if not store.exists(f"{prefix}/{MANIFEST}"):
             return None
         manifest = Manifest.model_validate_json(store.get_bytes(f"{prefix}/{MANIFEST}"))
@@ -265,20 +272,21 @@ def report(
         )
         return json.loads(store.get_bytes(f"{prefix}/{timing_key}")) if timing_key else None
 
-    done = [j for j in current.jobs if j.state == "done"]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        timings = dict(
-            zip(
-                [j.key for j in done],
-                pool.map(lambda j: timing_of(j.subject, j.key), done),
-                strict=True,
-            )
-        )
+        timings = list(pool.map(timing_of, jobs))
     rows = [
-        JobRow(j.job_id, j.subject, j.state, j.reason, timings.get(j.key)) for j in current.jobs
+        # A follow-up's record is not indexed by the campaign: its manifest says it is done.
+        JobRow(j.job_id, j.subject, "done" if t is not None else j.state, j.reason, t)
+        for j, t in zip(jobs, timings, strict=True)
     ]
+    profiles = profile_rows(store, jobs) if any(j.pipeline == "profiles" for j in jobs) else None
     index = build_report(
-        name, rows, out, cost_per_core_hour=cost_per_core_hour, params=current.record.get("params")
+        name,
+        rows,
+        out,
+        cost_per_core_hour=cost_per_core_hour,
+        params=current.record.get("params"),
+        profiles=profiles,
     )
     console.print(f"report: {index}")
 
@@ -298,31 +306,27 @@ def results(
         bool,
         typer.Option(
             "--profiles",
-            help="The long table of every bundles job's tract profiles (subject, bundle, node, "
+            help="The long table of every profiles job's tract profiles (subject, bundle, node, "
             "metric, value) instead of a row per job.",
         ),
     ] = False,
 ) -> None:
     """One table for the whole campaign from its committed manifests: a row per job with its
     subject and session, the summary figures, timings, software and result URI."""
-    from producer.results import bundles_followups, campaign_rows, profile_rows, write_table
+    from producer.results import JobRef, campaign_rows, profile_rows, with_followups, write_table
 
     settings = get_settings()
     current = campaign_status(name, settings, results_uri)
     store = open_store(current.record["results_uri"], settings)
-    jobs = [(j.job_id, j.subject, j.key, j.state, j.reason) for j in current.jobs]
     pipeline = current.record["pipeline"]
+    first = [JobRef(j.job_id, pipeline, j.subject, j.key, j.state, j.reason) for j in current.jobs]
+    jobs = with_followups(current.record, first)
     if profiles:
-        if pipeline not in ("bundles", "tractography"):
-            raise InvalidInput(f"campaign {name!r} runs {pipeline}: it has no tract profiles")
-        # A tractography campaign's profiles are its bundles follow-ups'.
-        if pipeline == "tractography":
-            jobs = bundles_followups(current.record, jobs)
-        found = profile_rows(store, "bundles", jobs)
+        found = profile_rows(store, jobs)
         written = write_table(found, out)
         console.print(f"{written}: {len(found)} profile values", highlight=False)
         return
-    rows = campaign_rows(store, pipeline, jobs)
+    rows = campaign_rows(store, jobs)
     written = write_table(rows, out)
     done = sum(1 for row in rows if row["state"] == "done")
     console.print(f"{written}: {len(rows)} jobs, {done} with results", highlight=False)

@@ -23,7 +23,14 @@ from producer import report_plots as plots
 
 STATES = ("queued", "running", "retrying", "done", "failed", "cancelled")
 MAX_TABLE_ROWS = 500  # tables of 100k rows freeze browsers; the plots already cover every job
-PLOT_FILES = ("stages.png", "timeline.png", "failures.png", "queue_wait.png", "cost.png")
+PLOT_FILES = (
+    "stages.png",
+    "timeline.png",
+    "failures.png",
+    "queue_wait.png",
+    "cost.png",
+    "profiles.png",
+)
 CORE_SECONDS_DEFINITION = (
     "Core-seconds of a job = its wall time (<code>wall_s</code>) &times; the threads of its Dask "
     "cluster (<code>cluster.threads</code>). The cluster starts with the job (while the inputs "
@@ -205,7 +212,9 @@ def _summary_table(s: Summary) -> str:
     return _table(rows, table_id="summary")
 
 
-def _plots_html(rows: list[JobRow], s: Summary, out_dir: Path) -> str:
+def _plots_html(
+    rows: list[JobRow], s: Summary, out_dir: Path, profiles: list[dict[str, Any]] | None = None
+) -> str:
     """Write the PNGs; captions are written here, so no string from a job reaches them raw."""
     timings = [(row, row.timing) for row in rows if row.timing is not None]
     stages: dict[str, list[float]] = {}
@@ -281,6 +290,18 @@ def _plots_html(rows: list[JobRow], s: Summary, out_dir: Path) -> str:
         "Cumulative core-hours of committed jobs by finish time (definition above).",
         "No committed job recorded its cluster's thread count; no cost plot.",
     )
+    if profiles is not None:
+        subjects = len({row["subject"] for row in profiles})
+        add(
+            "profiles.png",
+            plots.plot_profiles(profiles, out_dir / "profiles.png"),
+            "tract profiles across subjects",
+            f"Tract profiles of {subjects} subjects: per bundle, the mean along the bundle "
+            "(node 0 is the same end in every subject: oriented by the model bundle) and one "
+            "standard deviation either side. The values are in "
+            "<code>voxfleet campaign results NAME --profiles</code>.",
+            "No profiles job has committed yet.",
+        )
     # A rerun into the same folder must not leave an old plot that contradicts this page.
     for name in set(PLOT_FILES) - written:
         (out_dir / name).unlink(missing_ok=True)
@@ -301,8 +322,10 @@ def build_report(
     cost_per_core_hour: float = 0.05,
     params: dict[str, Any] | None = None,
     max_table_rows: int = MAX_TABLE_ROWS,
+    profiles: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write out_dir/index.html plus PNG plots; returns the index path."""
+    """Write out_dir/index.html plus PNG plots; returns the index path. ``profiles``: the long
+    table of the campaign's tract profiles (None: the campaign has no profiles step)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     s = summarize(rows, cost_per_core_hour)
     name = html.escape(campaign)
@@ -321,7 +344,7 @@ def build_report(
             for k, v in params.items()
         ]
         body += ["<h2>Parameters</h2>", _table(values, ["parameter", "value"], table_id="params")]
-    body += ["<h2>Plots</h2>", _plots_html(rows, s, out_dir)]
+    body += ["<h2>Plots</h2>", _plots_html(rows, s, out_dir, profiles)]
 
     failed = [r for r in rows if r.state == "failed"]
     body.append("<h2>Failures</h2>")

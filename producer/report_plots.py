@@ -207,3 +207,53 @@ def plot_cost(points: Sequence[tuple[float, float]], path: Path) -> bool:
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     return _save(fig, path)
+
+
+def profile_spread(
+    rows: Sequence[dict[str, object]],
+) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int]]:
+    """(bundle, metric) -> (mean per node, SD per node, subjects) across subjects, from the long
+    table of tract profiles (subject, bundle, node, metric, value)."""
+    found: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for row in rows:
+        key = (str(row["bundle"]), str(row["metric"]))
+        found.setdefault(key, {}).setdefault(str(row["subject"]), {})[int(str(row["node"]))] = (
+            float(str(row["value"]))
+        )
+    out = {}
+    for key, subjects in found.items():
+        nodes = max(max(p) for p in subjects.values()) + 1
+        grid = np.full((len(subjects), nodes), np.nan)
+        for i, profile in enumerate(subjects.values()):
+            grid[i, list(profile)] = list(profile.values())
+        sd = np.nanstd(grid, axis=0, ddof=1) if len(subjects) > 1 else np.zeros(nodes)
+        out[key] = (np.nanmean(grid, axis=0), sd, len(subjects))
+    return out
+
+
+def plot_profiles(rows: Sequence[dict[str, object]], path: Path) -> bool:
+    """Tract profiles across subjects: a panel per metric, per bundle the mean along the bundle
+    and a band of one standard deviation either side."""
+    spread = profile_spread(rows)
+    if not spread:
+        return False
+    metrics = sorted({metric for _, metric in spread})
+    bundles = sorted({bundle for bundle, _ in spread})
+    colours = [f"C{i % 10}" for i in range(len(bundles))]
+    fig = _figure(4.5 * len(metrics) + 2, 4)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for bundle, colour in zip(bundles, colours, strict=True):
+            if (bundle, metric) not in spread:
+                continue
+            mean, sd, n = spread[(bundle, metric)]
+            x = np.arange(mean.size)
+            ax.plot(x, mean, color=colour, label=f"{plain(bundle, 24)} (n={n})")
+            ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.25, linewidth=0)
+        ax.set_xlabel("node along the bundle")
+        ax.set_ylabel(plain(metric.upper(), 12))
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    subjects = len({str(row["subject"]) for row in rows})
+    fig.suptitle(f"Tract profiles across {subjects} subjects: mean and one SD")
+    return _save(fig, path)

@@ -13,9 +13,11 @@ rebuilt long after its broker records expired (``--results``). Columns:
   job's ``timing.json``, ``core_seconds``, ``consumer``;
 - where and how: ``result_uri`` (the manifest), ``committed_at``, voxfleet's version and commit.
 
-Jobs that have not committed are rows too, with their state and reason and no figures, so the
-table says what is missing. ``--profiles`` writes the long table of every ``bundles`` job's
-tract profiles instead (job_id, subject, bundle, node, metric, value). Written as Parquet
+A campaign whose jobs are followed by others (``shared.chain``: tractography -> bundles ->
+profiles) has a row for every step of every subject, each step's ``pipeline`` named. Jobs that
+have not committed are rows too, with their state and reason and no figures, so the table says
+what is missing. ``--profiles`` writes the long table of every ``profiles`` job's tract
+profiles instead (job_id, subject, bundle, node, metric, value). Written as Parquet
 (pyarrow) or CSV, chosen by the extension.
 """
 
@@ -25,7 +27,7 @@ import csv
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.errors import InvalidInput
 from shared.jobspec import result_prefix
@@ -77,71 +79,74 @@ def job_row(store: ObjectStore, prefix: str) -> dict[str, Any] | None:
     return row
 
 
-def campaign_rows(
-    store: ObjectStore, pipeline: str, jobs: list[tuple[str, str, str, str, str]]
-) -> list[dict[str, Any]]:
-    """``jobs``: (job id, subject, job key, state, reason) per job; one row each."""
+class JobRef(NamedTuple):
+    """A job of the campaign as its index (or a chain) knows it, before any manifest is read."""
 
-    def one(job: tuple[str, str, str, str, str]) -> dict[str, Any]:
-        job_id, subject, key, state, reason = job
-        found = job_row(store, result_prefix(pipeline, subject, key))
-        head = {"job_id": job_id, "subject": subject, "pipeline": pipeline}
+    job_id: str
+    pipeline: str
+    subject: str
+    key: str
+    state: str
+    reason: str = ""
+
+
+def with_followups(record: dict[str, Any], jobs: list[JobRef]) -> list[JobRef]:
+    """Every job and the steps that follow it (``shared.chain``: tractography -> bundles ->
+    profiles), subject by subject. A step's key follows from the step before it, so the chain
+    is known without Redis; a step whose predecessor is unfinished is ``pending``."""
+    from shared.chain import following
+
+    out: list[JobRef] = []
+    params = record.get("params") or {}
+    for job in jobs:
+        out.append(job)
+        found = following(
+            job.pipeline, params, record["results_uri"], job.subject, job.key, job.job_id
+        )
+        state = "not committed" if job.state == "done" else "pending"
+        out += [JobRef(s.job_id, s.pipeline, s.subject, s.key, state) for s in found]
+    return out
+
+
+def campaign_rows(store: ObjectStore, jobs: list[JobRef]) -> list[dict[str, Any]]:
+    """One row per job."""
+
+    def one(job: JobRef) -> dict[str, Any]:
+        found = job_row(store, result_prefix(job.pipeline, job.subject, job.key))
+        head = {"job_id": job.job_id, "subject": job.subject, "pipeline": job.pipeline}
         if found is None:
-            missing = state if state != "done" else "not committed"
-            return {**head, "state": missing, "reason": reason}
+            missing = job.state if job.state != "done" else "not committed"
+            return {**head, "state": missing, "reason": job.reason}
         return {**head, "state": "done", "reason": "", **found}
 
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         return list(pool.map(one, jobs))
 
 
-def bundles_followups(
-    record: dict[str, Any], jobs: list[tuple[str, str, str, str, str]]
-) -> list[tuple[str, str, str, str, str]]:
-    """The bundles follow-ups of a tractography campaign's jobs (``bundles_atlas``), as the
-    consumers enqueued them: the same JobSpec, so the same subject and key."""
-    from shared.jobspec import JobSpec
-    from shared.params import TractographyParams
-
-    bundles = TractographyParams(**(record.get("params") or {})).followup_params()
-    if bundles is None:
-        raise InvalidInput("this tractography campaign has no bundles_atlas: no tract profiles")
-    found = []
-    for job_id, subject, key, state, reason in jobs:
-        spec = JobSpec(
-            pipeline="bundles",
-            input_uri=f"{record['results_uri']}/{result_prefix('tractography', subject, key)}",
-            results_uri=record["results_uri"],
-            params=bundles.model_dump(mode="json"),
-        )
-        follow_id = job_id[: 64 - len("-bundles")] + "-bundles"  # as consumers.followup names it
-        found.append((follow_id, spec.subject, spec.key, state, reason))
-    return found
-
-
-def profile_rows(
-    store: ObjectStore, pipeline: str, jobs: list[tuple[str, str, str, str, str]]
-) -> list[dict[str, Any]]:
-    """The long table of every committed job's tract profiles (``profiles.parquet`` of the
-    ``bundles`` jobs): subject, bundle, node, metric, value, plus the job id."""
+def profile_rows(store: ObjectStore, jobs: list[JobRef]) -> list[dict[str, Any]]:
+    """The long table of every committed ``profiles`` job's tract profiles
+    (``profiles.parquet``): job_id, subject, bundle, node, metric, value."""
     import io
 
     import pyarrow.parquet as pq
 
-    def one(job: tuple[str, str, str, str, str]) -> list[dict[str, Any]]:
-        job_id, subject, key, _, _ = job
-        prefix = result_prefix(pipeline, subject, key)
+    def one(job: JobRef) -> list[dict[str, Any]]:
+        prefix = result_prefix(job.pipeline, job.subject, job.key)
         if not store.exists(f"{prefix}/{MANIFEST}"):
             return []
         manifest = Manifest.model_validate_json(store.get_bytes(f"{prefix}/{MANIFEST}"))
         found = [f["key"] for f in manifest.files if f["key"].endswith("/profiles.parquet")]
         if not found:
-            return []
+            return []  # no bundle had two streamlines
         table = pq.read_table(io.BytesIO(store.get_bytes(f"{prefix}/{found[0]}")))
-        return [{"job_id": job_id, **row} for row in table.to_pylist()]
+        return [{"job_id": job.job_id, **row} for row in table.to_pylist()]
 
+    profiled = [job for job in jobs if job.pipeline == "profiles"]
+    if not profiled:
+        raise InvalidInput("this campaign has no profiles step (tractography needs "
+                           "bundles_atlas; bundles runs profiles unless profiles=false)")
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        return [row for rows in pool.map(one, jobs) for row in rows]
+        return [row for rows in pool.map(one, profiled) for row in rows]
 
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> Path:

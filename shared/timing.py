@@ -12,7 +12,9 @@ from shared.errors import TimeLimitExceeded
 
 
 class StageTimer:
-    """Records wall seconds per named stage, in the order the stages ran.
+    """Records wall seconds per named stage, in the order the stages ran, and the CPU seconds
+    the recording process spent in each (``stages_cpu_s``: the consumer's own work, such as the
+    merge; a stage's work on Dask workers is counted by the pipeline from the workers).
 
     A stage run twice (a retried shard, say) accumulates. ``deadline`` (epoch seconds) is checked
     whenever a stage starts: Celery's solo pool cannot enforce time limits with signals, so the
@@ -26,6 +28,7 @@ class StageTimer:
         self.started_at = time.time()
         self._t0 = time.perf_counter()
         self.stages: dict[str, float] = {}
+        self.stages_cpu: dict[str, float] = {}
         self.extra: dict[str, Any] = {}
         self.deadline = deadline
         self._check = check
@@ -39,11 +42,13 @@ class StageTimer:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.boundary(name)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), process_cpu_s()
         try:
             yield
         finally:
             self.record(name, time.perf_counter() - t0)
+            spent = max(0.0, process_cpu_s() - cpu0)
+            self.stages_cpu[name] = self.stages_cpu.get(name, 0.0) + spent
 
     def record(self, name: str, seconds: float) -> None:
         self.stages[name] = self.stages.get(name, 0.0) + max(0.0, float(seconds))
@@ -57,6 +62,7 @@ class StageTimer:
             "started_at": self.started_at,
             "wall_s": round(self.elapsed, 6),
             "stages_s": {k: round(v, 6) for k, v in self.stages.items()},
+            "stages_cpu_s": {k: round(v, 6) for k, v in self.stages_cpu.items()},
             **self.extra,
         }
 

@@ -27,6 +27,7 @@ MODULES: dict[str, str] = {
     "dti": "consumers.pipelines.diffusion.dti",
     "tractography": "consumers.pipelines.diffusion.tractography",
     "bundles": "consumers.pipelines.bundles.pipeline",
+    "profiles": "consumers.pipelines.bundles.tractometry",
     "microstructure": "consumers.pipelines.microstructure.pipeline",
 }
 

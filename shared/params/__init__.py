@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from shared.params.base import MANIFEST_NAME, PipelineParams
-from shared.params.bundles import BundlesParams
+from shared.params.bundles import BundlesParams, ProfilesParams
 from shared.params.diffusion import DtiParams, TractographyParams
 from shared.params.microstructure import MicrostructureParams
 
@@ -16,9 +16,10 @@ PIPELINE_PARAMS: dict[str, type[PipelineParams]] = {
     "dti": DtiParams,
     "tractography": TractographyParams,
     "bundles": BundlesParams,
+    "profiles": ProfilesParams,
     "microstructure": MicrostructureParams,
 }
-PipelineName = Literal["dti", "tractography", "bundles", "microstructure"]
+PipelineName = Literal["dti", "tractography", "bundles", "profiles", "microstructure"]
 
 __all__ = [
     "MANIFEST_NAME",
@@ -28,5 +29,6 @@ __all__ = [
     "MicrostructureParams",
     "PipelineName",
     "PipelineParams",
+    "ProfilesParams",
     "TractographyParams",
 ]

@@ -29,6 +29,11 @@ class PipelineParams(BaseModel):
     #: Parameters that steer what happens after the job, not its output: left out of the key.
     key_excludes: ClassVar[frozenset[str]] = frozenset()
 
+    def followup(self) -> tuple[str, PipelineParams] | None:
+        """The job to enqueue over this job's committed result when it succeeds: (pipeline,
+        its parameters), or None. ``shared.chain`` turns it into a JobSpec."""
+        return None
+
     @classmethod
     def subject_of(cls, input_uri: str) -> str:
         """The subject id a job over ``input_uri`` is filed under: a BIDS series' id

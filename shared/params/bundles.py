@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from shared.checks import check_uri
+from shared.checks import check_uri, describe
 from shared.params.base import INT32_MAX, MANIFEST_NAME, PipelineParams
 
 
@@ -16,7 +16,7 @@ class BundlesParams(PipelineParams):
     whole-brain streamline registration to the atlas, then every model bundle recognised in
     parallel. Distances and lengths are in millimetres (RAS)."""
 
-    version: ClassVar[str] = "2"  # 2: tract profiles
+    version: ClassVar[str] = "3"  # 2: tract profiles; 3: profiles are their own job, flips kept
     input_marker: ClassVar[str] = MANIFEST_NAME
     atlas: str = Field(
         min_length=1,
@@ -53,10 +53,14 @@ class BundlesParams(PipelineParams):
     qc: bool = Field(default=True, description="Write the bundles QC PNG.")
     profiles: bool = Field(
         default=True,
-        description="Tract profiles: FA and MD along each bundle (Gaussian-weighted, oriented by "
-        "the model bundle), written as profiles.parquet.",
+        description="On success, enqueue a `profiles` job over this result: FA and MD along "
+        "each bundle (tract profiles).",
     )
-    profile_points: int = Field(default=100, ge=10, le=1000, description="Nodes per profile.")
+    profiles_params: dict[str, Any] | None = Field(
+        default=None, description="Parameters of that follow-up job (ProfilesParams, JSON)."
+    )
+    # Whether profiles follow does not change the bundles: not part of the key.
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"profiles", "profiles_params"})
 
     @classmethod
     def subject_of(cls, input_uri: str) -> str:
@@ -75,4 +79,49 @@ class BundlesParams(PipelineParams):
     def _lengths(self) -> BundlesParams:
         if self.slr_min_length >= self.slr_max_length:
             raise ValueError("slr_min_length must be below slr_max_length")
+        if self.profiles_params is not None and not self.profiles:
+            raise ValueError("profiles_params needs profiles=true")
+        self.followup()  # a bad follow-up fails at enqueue, not after the segmentation
         return self
+
+    def followup(self) -> tuple[str, PipelineParams] | None:
+        if not self.profiles:
+            return None
+        try:
+            return "profiles", ProfilesParams(**(self.profiles_params or {}))
+        except ValidationError as exc:
+            raise ValueError(f"profiles follow-up: {describe(exc)}") from None
+
+
+class ProfilesParams(PipelineParams):
+    """Tract profiles (tractometry) of a committed bundles result (the job's input is that
+    result's prefix): every bundle's FA and MD at ``profile_points`` nodes, oriented by the
+    model bundle and Gaussian-weighted (dipy's ``afq_profile``), from the maps of the
+    tractography result the bundles came from."""
+
+    input_marker: ClassVar[str] = MANIFEST_NAME
+    metrics: tuple[Literal["fa", "md"], ...] = Field(
+        default=("fa", "md"), min_length=1, description="Maps to sample along each bundle."
+    )
+    profile_points: int = Field(default=100, ge=10, le=1000, description="Nodes per profile.")
+    qc: bool = Field(default=True, description="Write the profiles QC PNG.")
+
+    @classmethod
+    def subject_of(cls, input_uri: str) -> str:
+        # A bundles result lives at {results}/{subject}/bundles/{key}.
+        parts = input_uri.rstrip("/").split("/")
+        if len(parts) >= 3 and parts[-2] == "bundles":
+            return parts[-3]
+        return super().subject_of(input_uri)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `--param metrics=fa,md`
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(value)))  # the same maps give the same key

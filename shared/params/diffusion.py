@@ -143,8 +143,12 @@ class TractographyParams(PipelineParams):
             raise ValueError(f"min_len ({self.min_len}) must be below max_len ({self.max_len})")
         if self.bundles_params is not None and self.bundles_atlas is None:
             raise ValueError("bundles_params needs bundles_atlas")
-        self.followup_params()  # a bad follow-up fails at enqueue, not after the tracking
+        self.followup()  # a bad follow-up fails at enqueue, not after the tracking
         return self
+
+    def followup(self) -> tuple[str, PipelineParams] | None:
+        bundles = self.followup_params()
+        return None if bundles is None else ("bundles", bundles)
 
     def followup_params(self) -> BundlesParams | None:
         """The ``bundles`` job to enqueue when this one succeeds, if any."""

@@ -70,11 +70,19 @@ def test_tractography_chains_into_bundles(
         assert f"bundles/{bundle['name']}.trk" in names
         assert f"bundles/{bundle['name']}.indices.npy" in names
     assert sorted(b["name"] for b in summary["bundles"]) == sorted(subjects[1])
-    # Tract profiles of the bundles found, from the tractography result's FA and MD maps.
-    assert summary["profiles"]["metrics"] == ["fa", "md"]
+    # The third step: a profiles job over the bundles, from the tractography's FA and MD maps.
+    assert record["followups"] == [f"{follow_id}-profiles"]
+    profile_id = record["followups"][0]
+    profiled_record = wait_for([profile_id], settings, timeout_s=600)[profile_id]
+    assert profiled_record["state"] == "done", profiled_record
+    profile_prefix = profiled_record["result"].removeprefix(f"{results}/")
+    profiles = Manifest.model_validate_json(store.get_bytes(profile_prefix))
+    assert profiles.pipeline == "profiles" and profiles.input_uri == f"{results}/{prefix}"
+    assert profiles.summary["metrics"] == ["fa", "md"]
     profiled = [b["name"] for b in summary["bundles"] if b["streamlines"] >= 2]
-    assert summary["profiles"]["bundles"] == sorted(profiled)
-    assert ("profiles.parquet" in names) == bool(profiled)
+    assert profiles.summary["bundles"] == sorted(profiled)
+    written = {f["key"].split("/", 1)[1] for f in profiles.files}
+    assert ("profiles.parquet" in written) == bool(profiled)
     print("chained:", json.dumps([(b["name"], b["streamlines"]) for b in summary["bundles"]]))
     timing = json.loads(store.get_bytes(f"{prefix}/{manifest.attempt}/timing.json"))
     for stage in ("load", "register", "cluster", "recognize", "write", "publish"):

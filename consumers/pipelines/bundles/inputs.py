@@ -1,4 +1,5 @@
-"""The two inputs of a ``bundles`` job: a committed tractography result and a bundle atlas.
+"""The inputs of the ``bundles`` and ``profiles`` jobs: committed results (tractography,
+bundles) and a bundle atlas.
 
 A tractography result is read only through its manifest: the shards it lists, each checked
 against the size and SHA-256 the manifest records (a result exists only through its manifest,
@@ -31,20 +32,25 @@ WHOLE_BRAIN = "whole_brain"
 DOWNLOAD_THREADS = 8  # S3 GET latency dominates small shards; a few in flight hide it
 
 
-def committed_tractography(input_uri: str, settings: Settings) -> Manifest:
-    """The manifest of the committed tractography result at ``input_uri``; a one-line
-    ``InvalidInput`` for anything else."""
+def committed(input_uri: str, settings: Settings, pipeline: str, reader: str) -> Manifest:
+    """The manifest of the committed ``pipeline`` result at ``input_uri``, which a ``reader``
+    job reads; a one-line error for anything else."""
     parent, name = split_uri(input_uri)
     manifest = read_manifest(open_store(parent, settings), name)
     if manifest is None:
         raise MissingInput(
-            f"no committed result at {input_uri} (no manifest.json): bundles needs a finished "
-            "tractography job's result prefix"
+            f"no committed result at {input_uri} (no manifest.json): {reader} needs a finished "
+            f"{pipeline} job's result prefix"
         )
-    if manifest.pipeline != "tractography":
+    if manifest.pipeline != pipeline:
         raise InvalidInput(
-            f"{input_uri} is a {manifest.pipeline!r} result; bundles needs a tractography result"
+            f"{input_uri} is a {manifest.pipeline!r} result; {reader} needs a {pipeline} result"
         )
+    return manifest
+
+
+def committed_tractography(input_uri: str, settings: Settings) -> Manifest:
+    manifest = committed(input_uri, settings, "tractography", "bundles")
     if not manifest.summary.get("shards"):
         raise InvalidInput(f"tractography result {input_uri} lists no shards")
     return manifest
@@ -104,6 +110,24 @@ def _fetch(store: ObjectStore, key: str, dest: Path) -> Path:
     return store.get_file(key, dest)
 
 
+def fetch_listed(
+    store: ObjectStore, manifest: Manifest, keys: list[str], folder: Path
+) -> list[Path]:
+    """The result's objects ``keys`` (below its prefix), downloaded in parallel, each checked
+    against the size and SHA-256 its manifest records."""
+    listed = {entry["key"]: entry for entry in manifest.files}
+    for key in keys:
+        if key not in listed:
+            raise InvalidInput(f"{store.uri_for(key)} is not in its result's manifest")
+    with ThreadPoolExecutor(max_workers=max(1, min(DOWNLOAD_THREADS, len(keys)))) as pool:
+        paths = list(pool.map(lambda k: _fetch(store, k, folder / k), keys))
+    for key, path in zip(keys, paths, strict=True):
+        entry = listed[key]
+        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            raise InvalidInput(f"{store.uri_for(key)} does not match its manifest entry")
+    return paths
+
+
 @dataclass
 class Tractogram:
     streamlines: Any  # every shard's streamlines, in shard order (RAS mm)
@@ -115,18 +139,8 @@ def download_tractography(inputs: ObjectStore, manifest: Manifest, workdir: Path
     """Every shard the manifest lists, verified against it, loaded and concatenated."""
     from nibabel.streamlines.array_sequence import ArraySequence
 
-    listed = {entry["key"]: entry for entry in manifest.files}
     keys = [f"{manifest.attempt}/{shard['key']}" for shard in manifest.summary["shards"]]
-    for key in keys:
-        if key not in listed:
-            raise InvalidInput(f"shard {key} is in the summary but not in the manifest's files")
-    folder = workdir / "tractography"
-    with ThreadPoolExecutor(max_workers=min(DOWNLOAD_THREADS, len(keys))) as pool:
-        paths = list(pool.map(lambda k: _fetch(inputs, k, folder / k), keys))
-    for key, path in zip(keys, paths, strict=True):
-        entry = listed[key]
-        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
-            raise InvalidInput(f"shard {inputs.uri_for(key)} does not match its manifest entry")
+    paths = fetch_listed(inputs, manifest, keys, workdir / "tractography")
     tractograms = [load_streamlines(path) for path in paths]
     streamlines = ArraySequence()
     for sft in tractograms:
@@ -166,32 +180,34 @@ def download_atlas(listing: AtlasListing, settings: Settings, workdir: Path) -> 
     return Atlas(listing, bundles, whole, files)
 
 
-#: The maps a tractography result carries that tract profiles sample (results committed
-#: before MD was written have FA alone: their profiles are FA's).
+#: The maps a tractography result carries that tract profiles sample.
 PROFILE_MAPS = {"fa": "fa.nii.gz", "md": "md.nii.gz"}
 
 
+def map_keys(manifest: Manifest, metrics: tuple[str, ...], uri: str) -> dict[str, str]:
+    """metric -> the key of its map in the tractography result at ``uri``, from its manifest."""
+    listed = {entry["key"] for entry in manifest.files}
+    keys = {metric: f"{manifest.attempt}/{PROFILE_MAPS[metric]}" for metric in metrics}
+    missing = [metric for metric, key in keys.items() if key not in listed]
+    if missing:  # results committed before MD was written have FA alone
+        raise InvalidInput(f"tractography result {uri} has no {'/'.join(missing)} map")
+    return keys
+
+
 def download_maps(
-    inputs: ObjectStore, manifest: Manifest, workdir: Path
+    inputs: ObjectStore, manifest: Manifest, metrics: tuple[str, ...], workdir: Path
 ) -> tuple[dict[str, Any], Any]:
-    """The tractography result's FA and MD volumes (float64) and their affine, each verified
+    """The tractography result's maps ``metrics`` (float64) and their affine, each verified
     against the manifest: what the tract profiles sample."""
     import nibabel as nib
     import numpy as np
 
-    listed = {entry["key"]: entry for entry in manifest.files}
+    keys = map_keys(manifest, metrics, inputs.uri)
+    paths = fetch_listed(inputs, manifest, list(keys.values()), workdir / "maps")
     maps: dict[str, Any] = {}
     affine = None
-    for metric, name in PROFILE_MAPS.items():
-        key = f"{manifest.attempt}/{name}"
-        if key not in listed:
-            continue
-        path = _fetch(inputs, key, workdir / "maps" / name)
-        if sha256_file(path) != listed[key]["sha256"]:
-            raise InvalidInput(f"{inputs.uri_for(key)} does not match its manifest entry")
+    for metric, path in zip(keys, paths, strict=True):
         image: Any = nib.load(str(path))
         maps[metric] = np.asarray(image.dataobj, dtype=np.float64)
         affine = np.asarray(image.affine, dtype=np.float64)
-    if not maps:
-        raise InvalidInput(f"tractography result {inputs.uri} has no FA map to profile")
     return maps, affine

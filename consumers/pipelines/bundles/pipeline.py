@@ -6,7 +6,9 @@ on the consumer) -> the registered tractogram clustered once (``RecoBundles``) a
 worker once -> every model bundle recognised as its own task across the cluster, largest first
 (see ``recognition``: each equals dipy's serial call) -> one tractogram per bundle, in the
 subject's native space (the recognised streamlines as tracked, not as registered), with counts,
-lengths and shape similarity to the model in the summary, and a QC image.
+lengths and shape similarity to the model in the summary, and a QC image. Beside each bundle,
+its streamlines' indices in the tractogram and which of them run against the model bundle
+(``flips``): the orientation the ``profiles`` job that follows samples the bundle in.
 
 Work is divided by bundle, not by shard: RecoBundles compares a model with clusters of the
 *whole* tractogram, and clustering shards separately would change which streamlines it finds.
@@ -22,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
-from consumers.pipelines.bundles import inputs, profiles, recognition
+from consumers.pipelines.bundles import inputs, recognition
 from consumers.pipelines.fanout import map_scattered, record_tasks
 from shared import provenance
 from shared.errors import InvalidInput
@@ -32,8 +34,6 @@ from shared.params import BundlesParams
 #: Imported on every worker while the cluster starts: the recognition task and dipy's stack.
 WORKER_MODULES = (
     "consumers.pipelines.bundles.recognition",
-    "consumers.pipelines.bundles.profiles",
-    "dipy.stats.analysis",
     "dipy.segment.bundles",
     "dipy.align.streamlinear",
 )
@@ -44,8 +44,6 @@ class Loaded:
     manifest: Manifest
     tractogram: inputs.Tractogram
     atlas: inputs.Atlas
-    maps: dict[str, Any] | None = None  # FA and MD volumes for the tract profiles
-    affine: Any = None
 
 
 def check(ctx: PipelineContext) -> None:
@@ -64,12 +62,7 @@ def load(ctx: PipelineContext) -> Loaded:
         listing = inputs.list_atlas(params.atlas, ctx.settings)
         tractogram = inputs.download_tractography(ctx.inputs, manifest, ctx.workdir)
         atlas = inputs.download_atlas(listing, ctx.settings, ctx.workdir)
-        maps, affine = (
-            inputs.download_maps(ctx.inputs, manifest, ctx.workdir)
-            if params.profiles
-            else (None, None)
-        )
-    return Loaded(manifest, tractogram, atlas, maps, affine)
+    return Loaded(manifest, tractogram, atlas)
 
 
 def register(
@@ -108,24 +101,6 @@ def _lengths(streamlines: Any) -> NDArray[np.float64]:
     from dipy.tracking.streamlinespeed import length
 
     return np.asarray(length(streamlines), dtype=np.float64) if len(streamlines) else np.zeros(0)
-
-
-def _profiles(
-    client: Any, results: Any, native: dict[str, Any], loaded: Loaded, n_points: int
-) -> dict[str, dict[str, Any]]:
-    """Every recognised bundle's profiles, a bundle a task; bundles of fewer than two
-    streamlines have none."""
-    parts = [(str(r["name"]), native[str(r["name"])], r["flips"]) for r in results]
-    profiled = map_scattered(
-        client,
-        profiles.profile_task,
-        parts,
-        n_points,
-        labels=[f"profile {name}" for name, _, _ in parts],
-        shared=(loaded.maps, loaded.affine),
-        scatter_parts=False,
-    )
-    return {str(p["name"]): p["profiles"] for p in profiled if p["profiles"] is not None}
 
 
 def _write_bundle(
@@ -186,6 +161,9 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
             index_path = ctx.workdir / "out" / "bundles" / f"{name}.indices.npy"
             np.save(index_path, labels)
             uploads[f"bundles/{name}.indices.npy"] = index_path
+            flips_path = index_path.with_name(f"{name}.flips.npy")
+            np.save(flips_path, np.asarray(r["flips"], dtype=bool))
+            uploads[f"bundles/{name}.flips.npy"] = flips_path
             lengths = _lengths(native[name])
             bundles.append(
                 {
@@ -206,32 +184,8 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
                 ctx.workdir / "out" / "qc" / "bundles.png", ctx.spec.subject, native
             )
 
-    profiled: dict[str, dict[str, Any]] = {}
-    if loaded.maps is not None:
-        with ctx.timer.stage("profiles"):
-            profiled = _profiles(client, results, native, loaded, params.profile_points)
-        ctx.timer.extra["profiled_bundles"] = len(profiled)
-        if profiled:
-            out = ctx.workdir / "out"
-            uploads["profiles.parquet"] = profiles.write_table(
-                out / "profiles.parquet", ctx.spec.subject, profiled
-            )
-            if params.qc:
-                from consumers.pipelines.bundles import qc  # matplotlib: the consumer only
-
-                uploads["qc/profiles.png"] = qc.profiles_image(
-                    out / "qc" / "profiles.png", ctx.spec.subject, profiled
-                )
-
     summary = {
         "bundles": bundles,
-        "profiles": {
-            "bundles": sorted(profiled),
-            "metrics": sorted(loaded.maps or {}),
-            "nodes": params.profile_points,
-        }
-        if loaded.maps is not None
-        else None,
         "recognized": sum(b["streamlines"] for b in bundles),
         "bundles_found": sum(1 for b in bundles if b["streamlines"] > 0),
         "streamlines": len(subject),

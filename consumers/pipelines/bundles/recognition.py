@@ -50,7 +50,6 @@ class RecognitionOptions:
     reduction_thr: float
     pruning_thr: float
     slr: bool
-    profile_points: int = 0  # nodes of the tract profiles; 0: no profiles, no orientation
 
     @classmethod
     def from_params(cls, params: BundlesParams) -> RecognitionOptions:
@@ -60,7 +59,6 @@ class RecognitionOptions:
             reduction_thr=params.reduction_thr,
             pruning_thr=params.pruning_thr,
             slr=params.local_slr,
-            profile_points=params.profile_points if params.profiles else 0,
         )
 
     def recognize_kwargs(self) -> dict[str, Any]:
@@ -138,15 +136,13 @@ def recognize_task(
     """Runs on a worker: recognise one model bundle; return its indices and numbers."""
     labels, recognized = recognize(recognizer, model, options)
     similarity = shape_similarity(recognized, model, options.seed) if len(labels) else 0.0
-    flipped = None
-    if options.profile_points:
-        from consumers.pipelines.bundles.profiles import flips
+    from consumers.pipelines.bundles.profiles import flips
 
-        flipped = flips(recognized, model.streamlines, options.profile_points)
     return {
         "name": model.name,
         "labels": labels,
         "shape_similarity": similarity,
         "model_streamlines": len(model.streamlines),
-        "flips": flipped,  # for the tract profiles: which run against the model (profiles.py)
+        # For the tract profiles: which streamlines run against the model (profiles.py).
+        "flips": flips(recognized, model.streamlines),
     }

@@ -4,156 +4,22 @@ on dipy's own bundles: subject 1's three bundles are the atlas, subject 2's thre
 
 from __future__ import annotations
 
-import uuid
-import zlib
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-from dipy.align.streamlinear import whole_brain_slr
 from dipy.io.streamline import load_tractogram
-from dipy.segment.bundles import RecoBundles, bundle_shape_similarity
-from dipy.segment.clustering import QuickBundles
-from dipy.segment.featurespeed import ResampleFeature
-from dipy.segment.metricspeed import AveragePointwiseEuclideanMetric
-from dipy.stats.analysis import afq_profile, gaussian_weights
-from dipy.tracking.streamline import orient_by_streamline
+from dipy.segment.bundles import bundle_shape_similarity
 from matplotlib.image import imread
-from nibabel.streamlines.array_sequence import ArraySequence
 
-from consumers.pipelines.base import PipelineContext
 from consumers.pipelines.bundles import pipeline as bundles
 from consumers.runner import execute
-from producer.synth.bundles import (
-    merged,
-    read_minimal_bundles,
-    write_atlas,
-    write_tractography_result,
-)
 from shared.errors import InvalidInput
 from shared.jobspec import JobSpec
 from shared.settings import Settings
-from shared.store import LocalStore
-from shared.timing import StageTimer
-
-# Small inputs, so a cheap registration (one similarity SLR, no small-cluster cut) keeps the test
-# lean; every parameter is passed to the serial reference exactly as the job passes it.
-PARAMS: dict[str, Any] = {"slr_transform": "similarity", "slr_progressive": False}
-SLR_MIN_CLUSTER = 1
-SEED = 1
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
-    return read_minimal_bundles()
-
-
-@pytest.fixture
-def stores(tmp_path: Path, data: Any) -> tuple[str, str, str]:
-    """(results URI, tractography result URI, atlas URI) on disk."""
-    subjects, header = data
-    results = LocalStore(tmp_path / "results")
-    prefix = write_tractography_result(results, "sub_2", merged(subjects[2]), header, shards=3)
-    write_atlas(LocalStore(tmp_path / "atlas"), subjects[1], header)
-    return str(tmp_path / "results"), f"{results.uri}/{prefix}", str(tmp_path / "atlas")
-
-
-def make_ctx(tmp_path: Path, input_uri: str, params: dict[str, Any]) -> PipelineContext:
-    spec = JobSpec(
-        pipeline="bundles",
-        input_uri=input_uri,
-        results_uri=str(tmp_path / "out"),
-        params=params,
-    )
-    return PipelineContext(
-        spec=spec,
-        inputs=LocalStore(Path(input_uri)),
-        out=LocalStore(tmp_path / "out" / "attempt"),
-        timer=StageTimer(),
-        settings=Settings(),
-        workdir=tmp_path / f"work-{uuid.uuid4().hex[:6]}",
-    )
-
-
-def serial_recobundles(
-    tractogram_uri: str, atlas_dir: Path, names: list[str]
-) -> tuple[Any, dict[str, np.ndarray], dict[str, float]]:
-    """Plain dipy: load the shards and the atlas, register once, cluster once, then recognise
-    each bundle with its own seeded generator; bundle shape similarity to each model."""
-    shards = sorted(Path(tractogram_uri).glob("*/shards/*.trk"))
-    whole = ArraySequence()  # not `a + b`: ArraySequence adds coordinates
-    for shard in shards:
-        whole.extend(load_tractogram(str(shard), "same", bbox_valid_check=False).streamlines)
-    models = {
-        n: load_tractogram(str(atlas_dir / f"{n}.trk"), "same", bbox_valid_check=False).streamlines
-        for n in names
-    }
-    static = models[names[0]].copy()
-    for name in names[1:]:
-        static.extend(models[name])
-    moved, _, _, _ = whole_brain_slr(
-        static,
-        whole,
-        x0="similarity",
-        rm_small_clusters=SLR_MIN_CLUSTER,
-        greater_than=50,
-        less_than=250,
-        progressive=False,
-        rng=np.random.default_rng(SEED),
-        num_threads=1,
-    )
-    rb = RecoBundles(
-        moved, greater_than=50, less_than=np.inf, clust_thr=15, rng=np.random.default_rng(SEED)
-    )
-    labels, similarity = {}, {}
-    for name in names:
-        rb.rng = np.random.default_rng([SEED, zlib.crc32(name.encode())])
-        recognized, found = rb.recognize(
-            models[name],
-            model_clust_thr=2.5,
-            reduction_thr=15,
-            pruning_thr=8,
-            reduction_distance="mdf",
-            pruning_distance="mdf",
-            slr=True,
-            num_threads=1,
-        )
-        labels[name] = np.asarray(found, dtype=np.int64)
-        ORIENTED[name] = orientation(recognized, models[name])
-        similarity[name] = bundle_shape_similarity(
-            moved[labels[name]],
-            models[name],
-            np.random.default_rng([SEED, zlib.crc32(name.encode())]),
-            threshold=6,
-        )
-    return whole, labels, similarity
-
-
-ORIENTED: dict[str, np.ndarray] = {}  # per bundle: which recognised streamlines run reversed
-
-
-def orientation(recognized: Any, model: Any) -> np.ndarray:
-    """dipy's example recipe: orient by the model's QuickBundles centroid (100 nodes)."""
-    metric = AveragePointwiseEuclideanMetric(ResampleFeature(nb_points=100))
-    standard = QuickBundles(np.inf, metric=metric).cluster(model).centroids[0]
-    oriented = orient_by_streamline(recognized, standard)
-    pairs = zip(oriented, recognized, strict=True)
-    return np.array([not np.array_equal(a[0], b[0]) for a, b in pairs])
-
-
-def serial_profiles(bundle: Any, flipped: np.ndarray, maps: Path) -> dict[str, np.ndarray]:
-    """Plain dipy tractometry on one native bundle: Gaussian weights, afq_profile per map."""
-    lines = ArraySequence([s[::-1] if f else s for s, f in zip(bundle, flipped, strict=True)])
-    weights = gaussian_weights(lines, n_points=100)
-    found = {}
-    for metric in ("fa", "md"):
-        image = nib.load(str(maps / f"{metric}.nii.gz"))
-        data = np.asarray(image.dataobj, dtype=np.float64)
-        found[metric] = afq_profile(data, lines, image.affine, n_points=100, weights=weights)
-    return found
+from tests.pipelines.bundles.context import make_ctx
+from tests.pipelines.bundles.serial import PARAMS, SLR_MIN_CLUSTER, serial_recobundles
 
 
 def test_bundles_equal_serial_recobundles_and_find_the_truth(
@@ -168,7 +34,9 @@ def test_bundles_equal_serial_recobundles_and_find_the_truth(
 
     subjects, _ = data
     names = sorted(subjects[1])
-    whole, reference, similarity = serial_recobundles(tractogram_uri, Path(atlas_uri), names)
+    whole, reference, similarity, oriented = serial_recobundles(
+        tractogram_uri, Path(atlas_uri), names
+    )
     summary = {b["name"]: b for b in result.summary["bundles"]}
     assert sorted(summary) == names
     start = 0
@@ -178,6 +46,9 @@ def test_bundles_equal_serial_recobundles_and_find_the_truth(
         indices = np.load(result.uploads[f"bundles/{name}.indices.npy"])
         # The same streamlines, in the same order, as the serial call.
         assert np.array_equal(indices, reference[name]), name
+        # Oriented as dipy's recipe orients them against the model, for the profiles job.
+        flips = np.load(result.uploads[f"bundles/{name}.flips.npy"])
+        assert flips.dtype == bool and np.array_equal(flips, oriented[name]), name
         # Recognised: nothing from the other two bundles, nearly all of its own.
         assert np.isin(indices, truth).all(), name
         assert len(indices) >= 0.9 * len(truth), (name, len(indices))
@@ -195,22 +66,6 @@ def test_bundles_equal_serial_recobundles_and_find_the_truth(
         print(f"{name}: {len(indices)}/{len(truth)}, BA to model {similarity[name]:.3f}, "
               f"to truth {to_truth:.3f}")  # fmt: skip
         assert to_truth >= 0.9, (name, to_truth)
-
-    # Tract profiles: equal to the serial dipy calls on the same bundle and maps.
-    table = pq.read_table(result.uploads["profiles.parquet"]).to_pylist()
-    assert {r["bundle"] for r in table} == set(names) and {r["metric"] for r in table} == {
-        "fa",
-        "md",
-    }
-    maps = next(Path(tractogram_uri).glob("*/fa.nii.gz")).parent
-    for name in names:
-        expected = serial_profiles(whole[reference[name]], ORIENTED[name], maps)
-        for metric, values in expected.items():
-            ours = [r["value"] for r in table if r["bundle"] == name and r["metric"] == metric]
-            assert len(ours) == 100 and np.abs(np.asarray(ours) - values).max() <= 1e-9
-            assert np.ptp(values) > 0  # the synthetic maps vary along the bundle
-    assert result.summary["profiles"]["nodes"] == 100
-    assert imread(result.uploads["qc/profiles.png"]).ndim == 3
 
     assert result.summary["recognized"] == sum(len(v) for v in reference.values())
     assert result.summary["tractography"]["shards"] == 3
@@ -245,7 +100,7 @@ def test_trx_atlas_in_trx_bundles_out(
     result = bundles.run(ctx, bundles.load(ctx), dask_client)
 
     names = sorted(data[0][1])
-    whole, reference, _ = serial_recobundles(tractogram_uri, Path(atlas_uri), names)
+    whole, reference, _, _ = serial_recobundles(tractogram_uri, Path(atlas_uri), names)
     assert sorted(f["key"] for f in result.summary["atlas"]["files"]) == [f"{n}.trx" for n in names]
     for name in names:
         indices = np.load(result.uploads[f"bundles/{name}.indices.npy"])

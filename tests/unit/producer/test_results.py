@@ -39,9 +39,11 @@ def test_an_unknown_format_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_tractography_campaign_finds_its_bundles_followups() -> None:
+def test_a_tractography_campaign_finds_every_step_of_its_chains() -> None:
+    """The rows' bundles and profiles jobs are the very jobs the consumers enqueue after each
+    commit: the same ids, subjects and keys, found without Redis."""
     from consumers.followup import followups
-    from producer.results import bundles_followups
+    from producer.results import JobRef, with_followups
     from shared.jobspec import JobSpec
 
     params = {"bundles_atlas": "s3://lab/atlas", "bundles_params": {"slr_min_cluster": 5}}
@@ -52,7 +54,18 @@ def test_a_tractography_campaign_finds_its_bundles_followups() -> None:
         params=params,
     )
     result = f"s3://lab/results/{spec.subject}/tractography/{spec.key[:16]}/manifest.json"
-    [enqueued] = followups(spec, result)  # what the consumer sends after the commit
+    [bundles] = followups(spec, result)  # what the consumer sends after the commit
+    after = f"s3://lab/results/{bundles.result_prefix}/manifest.json"
+    [profiles] = followups(bundles, after)  # and after the bundles job's
     record = {"params": params, "results_uri": "s3://lab/results"}
-    [found] = bundles_followups(record, [(spec.job_id, spec.subject, spec.key, "done", "")])
-    assert found[:3] == (enqueued.job_id, enqueued.subject, enqueued.key)
+    first = JobRef(spec.job_id, "tractography", spec.subject, spec.key, "done")
+    found = with_followups(record, [first])
+    assert found[0] == first
+    assert [(j.job_id, j.pipeline, j.subject, j.key) for j in found[1:]] == [
+        (s.job_id, s.pipeline, s.subject, s.key) for s in (bundles, profiles)
+    ]
+    assert [j.state for j in found[1:]] == ["not committed", "not committed"]
+    running = with_followups(record, [first._replace(state="running")])
+    assert [j.state for j in running[1:]] == ["pending", "pending"]
+    # Without an atlas a tractography job is a chain of one.
+    assert with_followups({"params": {}, "results_uri": "s3://lab/results"}, [first]) == [first]
