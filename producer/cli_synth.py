@@ -1,5 +1,6 @@
 """``voxfleet synth ...``: synthetic inputs in the real layouts (HCP, BIDS, QSIPrep subjects;
-micro-CT fiber phantoms), for tests, the demo and trying a pipeline without data."""
+a bundle atlas of their tracts; micro-CT fiber phantoms), for tests, the demo and trying a
+pipeline without data."""
 
 from __future__ import annotations
 
@@ -46,6 +47,21 @@ def synth_hcp(
         f"wrote {len(ids)} subject(s) to {store.uri}: {', '.join(ids[:5])}"
         + (" ..." if len(ids) > 5 else "")
     )
+
+
+@app.command("atlas")
+@friendly
+def synth_atlas(
+    uri: Annotated[str, typer.Argument(help="Where to write: a path or s3://bucket/prefix.")],
+    seed: Annotated[int, typer.Option(help="The reference anatomy's seed.")] = 0,
+) -> None:
+    """Write a bundle atlas of the synthetic brain's tracts (CC, CST_L/R, SLF_L/R), for
+    `--param bundles_atlas=URI` on synthetic subjects: the tractometry recipe with no data."""
+    from producer.synth.atlas import write_tract_atlas
+    from shared.store import open_store
+
+    written = write_tract_atlas(open_store(uri, get_settings()), seed=seed)
+    console.print(f"{uri}: {len(written)} model bundles", highlight=False)
 
 
 @app.command("bids")

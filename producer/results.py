@@ -143,8 +143,10 @@ def profile_rows(store: ObjectStore, jobs: list[JobRef]) -> list[dict[str, Any]]
 
     profiled = [job for job in jobs if job.pipeline == "profiles"]
     if not profiled:
-        raise InvalidInput("this campaign has no profiles step (tractography needs "
-                           "bundles_atlas; bundles runs profiles unless profiles=false)")
+        raise InvalidInput(
+            "this campaign has no profiles step (tractography needs "
+            "bundles_atlas; bundles runs profiles unless profiles=false)"
+        )
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         return [row for rows in pool.map(one, profiled) for row in rows]
 

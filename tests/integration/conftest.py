@@ -11,7 +11,7 @@ import pytest
 from producer.server import EmbeddedRedis
 from producer.synth.hcp import write_subject
 from shared.store import LocalStore
-from tests.integration.harness import consumer_env, running_consumer
+from tests.integration.harness import consumer_env, dask_cluster_processes, running_consumer
 
 SUBJECT = "100307"
 
@@ -31,3 +31,10 @@ def subject_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hcp")
     write_subject(LocalStore(root), SUBJECT, size="small", seed=7)
     return root / SUBJECT
+
+
+@pytest.fixture(scope="module")
+def dask_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real scheduler and workers in processes of their own, for consumers to share."""
+    with dask_cluster_processes(tmp_path_factory.mktemp("dask")) as address:
+        yield address

@@ -42,7 +42,7 @@ def voxfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
 
 

@@ -24,7 +24,11 @@ pytestmark = pytest.mark.usefixtures("consumer")
 FOLLOWUP = {"slr_transform": "similarity", "slr_progressive": False, "slr_min_cluster": 5}
 
 
-@pytest.mark.timeout(900)  # two jobs, two cluster starts: minutes on a loaded 2-core machine
+# Slow: three jobs, three cluster starts. The main suite's chain is test_tractometry_campaign's
+# (on one shared cluster); this one adds dipy's own bundles as the atlas and a resubmission of
+# the same job id, whose follow-ups must not be sent twice.
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_tractography_chains_into_bundles(
     subject_dir: Path, bucket: str, s3_endpoint: str, settings: Settings
 ) -> None:

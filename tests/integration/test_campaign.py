@@ -4,49 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import boto3
-import pytest
 import redis
 
 from producer.jobs import wait_for
 from producer.server import EmbeddedRedis
 from shared.settings import Settings
-from tests.integration.harness import consumer_env, dask_cluster_processes, running_consumer
+from tests.integration.harness import consumer_env, running_consumer, voxfleet
 
 N_JOBS = 30
-
-
-@pytest.fixture(scope="module")
-def dask_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with dask_cluster_processes(tmp_path_factory.mktemp("dask")) as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def cohort(subject_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 subjects in the HCP layout (copies of one phantom under 30 ids: distinct jobs)."""
-    root = tmp_path_factory.mktemp("cohort")
-    for i in range(N_JOBS):
-        shutil.copytree(subject_dir, root / f"{200000 + i}")
-    return root
-
-
-def voxfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "producer", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 def test_campaign_of_30_jobs_on_3_consumers(

@@ -42,9 +42,13 @@ def synthetic_rows(seed: int = 0) -> list[JobRow]:
         start = free_at[consumer]
         timing = {
             "attempt": f"{i:012x}",
-            "cluster": {"acquire_s": stages["cluster_acquire"], "backend": "local",
-                        "release_s": stages["cluster_release"], "threads": threads,
-                        "workers": threads},
+            "cluster": {
+                "acquire_s": stages["cluster_acquire"],
+                "backend": "local",
+                "release_s": stages["cluster_release"],
+                "threads": threads,
+                "workers": threads,
+            },
             "cluster_spec": f"local:{threads}",
             "consumer": consumer,
             "started_at": start,
@@ -54,7 +58,7 @@ def synthetic_rows(seed: int = 0) -> list[JobRow]:
             "pipeline": "dti",
             "stages_s": stages,
             "subject": str(100000 + i),
-        }  # fmt: skip
+        }
         free_at[consumer] = start + wall + rnd.uniform(0.05, 0.5)
         rows.append(JobRow(f"job{i:04d}", str(100000 + i), "done", timing=timing))
     for i, reason in enumerate([SCRIPT_REASON, DOLLAR_REASON, DOLLAR_REASON], start=35):
@@ -213,3 +217,54 @@ def test_long_job_table_is_capped(tmp_path: Path) -> None:
     page = parse(build_report("big", rows, tmp_path, max_table_rows=10))
     assert len(page.tables["jobs"]) == 1 + 10
     assert "First 10 of 30 shown; 20 omitted." in "".join(page.text)
+
+
+def _profile_rows() -> list[dict[str, Any]]:
+    rows = []
+    for s, subject in enumerate(["s1", "s2", "s3"]):
+        for node in range(100):
+            rows.append(
+                {
+                    "subject": subject,
+                    "bundle": "CC",
+                    "node": node,
+                    "metric": "fa",
+                    "value": 0.5 + 0.01 * s + 0.001 * node,
+                }
+            )
+            if subject != "s3":  # a bundle one subject lacks
+                rows.append(
+                    {
+                        "subject": subject,
+                        "bundle": "CST_L",
+                        "node": node,
+                        "metric": "md",
+                        "value": 7e-4,
+                    }
+                )
+    return rows
+
+
+def test_profiles_are_summarised_across_subjects() -> None:
+    import numpy as np
+
+    from producer.report_plots import profile_spread
+
+    spread = profile_spread(_profile_rows())
+    mean, sd, n = spread[("CC", "fa")]
+    assert n == 3 and mean.shape == (100,)
+    assert mean[0] == pytest.approx(0.51) and mean[99] == pytest.approx(0.51 + 0.099)
+    assert sd[0] == pytest.approx(float(np.std([0.5, 0.51, 0.52], ddof=1)))
+    assert spread[("CST_L", "md")][2] == 2 and not spread[("CST_L", "md")][1].any()
+
+
+def test_profile_plot_only_for_a_campaign_with_profiles(tmp_path: Path) -> None:
+    rows = [JobRow("j1", "s1", "done", "", None)]
+    html = build_report("tm", rows, tmp_path, profiles=_profile_rows()).read_text()
+    assert 'src="profiles.png"' in html and "3 subjects" in html
+    assert imread(tmp_path / "profiles.png").ndim == 3
+    html = build_report("tm", rows, tmp_path, profiles=[]).read_text()
+    assert "No profiles job has committed yet." in html
+    assert not (tmp_path / "profiles.png").exists()
+    html = build_report("plain", rows, tmp_path).read_text()
+    assert "profiles" not in html

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from pydantic import ValidationError
 
@@ -24,7 +26,7 @@ def test_tractometry_is_three_jobs_each_over_the_last_ones_result() -> None:
     steps = chain.steps(spec)
     assert [s.pipeline for s in steps] == ["tractography", "bundles", "profiles"]
     assert [s.job_id for s in steps] == ["j1", "j1-bundles", "j1-bundles-profiles"]
-    for before, after in zip(steps, steps[1:], strict=False):
+    for before, after in itertools.pairwise(steps):
         assert after.input_uri == f"s3://lab/out/{before.result_prefix}"
         assert after.subject == "100307"
     # Known from the index alone (pipeline, params, subject, key), without the first spec.
