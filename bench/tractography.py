@@ -3,8 +3,9 @@ dipy calls, and vs dipy's own ``engine="dask"`` CSD fit, on one synthetic subjec
 
 ``python -m bench tractography [--size=small|medium|hcp] [--no-dask-processes]
 [--no-tractometry]`` (default medium). The serial reference and dipy's dask fits run in a child
-process with one BLAS thread (as Dask workers have), so its CPU seconds are single-threaded dipy's and nothing else; it
-reports its own per-stage wall and CPU time, excluding interpreter start and imports.
+process with one BLAS thread (as Dask workers have), so its CPU seconds are single-threaded
+dipy's and nothing else; it reports its own per-stage wall and CPU time, excluding interpreter
+start and imports.
 
 ``cpu_inflation`` divides our CPU seconds by the serial script's as measured with a second
 copy of it running beside it (unless ``--no-pair``): our two workers share the machine's two
