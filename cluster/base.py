@@ -12,7 +12,7 @@ from distributed import Client
 
 from shared.jobspec import ClusterSize
 from shared.settings import Settings
-from shared.timing import process_cpu_s
+from shared.timing import peak_rss_mib, process_cpu_s
 
 
 class ClusterBackend(ABC):
@@ -90,6 +90,7 @@ class ClusterBackend(ABC):
                 # not start has history that is not ours, so it is not reported there).
                 info["worker_startup_cpu_s"] = _rounded(self.startup_cpu_s)
                 info["worker_cpu_s"] = _rounded(self.client.run(process_cpu_s))
+                info["worker_peak_rss_mib"] = _rounded(self.client.run(peak_rss_mib))
         return info
 
 

@@ -90,6 +90,10 @@ class Ledger:
     def count(self, job_id: str, name: str, amount: int) -> None:
         self.redis.hincrby(JOB_PREFIX + job_id, name, amount)
 
+    def died(self, job_id: str) -> int:
+        """A delivery of the job ended with its consumer's death; how many have so far."""
+        return int(self.redis.hincrby(JOB_PREFIX + job_id, "deaths", 1))
+
     def superseded(self, job_id: str, how: str) -> None:
         """An attempt stood down because another one took the job over (it publishes nothing;
         the other attempt records the outcome)."""

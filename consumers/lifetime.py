@@ -11,6 +11,9 @@
   after the consumer became ready (or after its last job), so a pod that lost the race for its
   message exits instead of waiting for work that KEDA will give to a new pod anyway.
 
+- **Redelivery** (``consumers.redelivery``): a thread that puts the jobs of dead consumers back
+  on their queues once their leases expire.
+
 Both stops set Celery's own ``should_stop`` flag, which the worker's event loop checks between
 messages: the ack of the finished job is sent first, and a message the consumer may already
 have fetched is restored to the queue when its channel closes.
@@ -46,6 +49,7 @@ class Lifetime:
     _stopped: threading.Event = field(default_factory=threading.Event)
     _idle: threading.Timer | None = None
     _beats: threading.Thread | None = None
+    _redelivery: Any = None  # consumers.redelivery.Redelivery, once ready
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- stopping -----------------------------------------------------------------------
@@ -103,6 +107,10 @@ class Lifetime:
                 target=self._beat_forever, name="voxfleet-heartbeat", daemon=True
             )
             self._beats.start()
+        from consumers.app import app
+        from consumers.redelivery import Redelivery
+
+        self._redelivery = Redelivery(app, self.settings).start()
         self._arm_idle_timer()
 
     def on_task_start(self, task_id: str | None = None, **_: Any) -> None:
@@ -122,6 +130,8 @@ class Lifetime:
     def on_shutdown(self, **_: Any) -> None:
         self._disarm_idle_timer()
         self._stopped.set()
+        if self._redelivery is not None:
+            self._redelivery.stop()
         path = self.settings.heartbeat_file
         if path is not None:
             Path(path).unlink(missing_ok=True)  # a stopped consumer is not a healthy one

@@ -136,10 +136,36 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> str:
     lease = Lease(
         ledger.redis, spec.key, f"{consumer} {uuid.uuid4().hex[:12]}", settings.lease_ttl_s
     )
+    ledger.count(job_id, "deliveries", 1)
     if not lease.acquire():
         return _defer(self, payload, job_id, lease.holder())
     with lease:
+        if _poisoned(ledger, job_id, settings.max_deliveries, payload):
+            return "failed"
         return _run(self, job_id, spec, payload, consumer, lease)
+
+
+def _poisoned(ledger: Ledger, job_id: str, max_deliveries: int, payload: Any) -> bool:
+    """A job whose last delivery started and never finished (its record still says
+    ``running``, and the lease is ours now, so that holder is dead): its consumer died under it.
+    The OOM killer does that again every time; after ``max_deliveries`` such deaths the job is
+    failed and dead-lettered instead of killing consumer after consumer. ``campaign retry``
+    brings it back under a new id, on purpose."""
+    record = ledger.get(job_id) or {}
+    if record.get("state") != "running":
+        return False
+    deaths = ledger.died(job_id)
+    stage = record.get("stage") or "start"
+    log.warning("job %s: its consumer died while running it (%d so far)", job_id, deaths)
+    if deaths < max_deliveries:
+        return False
+    _fail(
+        job_id,
+        f"its consumer died {deaths} times while running it, last at stage {stage}; likely "
+        "out of memory: give it more memory or fewer workers",
+        payload,
+    )
+    return True
 
 
 def _run(task: Task, job_id: str, spec: JobSpec, payload: Any, consumer: str, lease: Lease) -> str:

@@ -182,6 +182,20 @@ class Settings(BaseSettings):
         description="A running job's lease in Redis expires this long after its consumer's last "
         "heartbeat (every third of it); until then a redelivered copy waits instead of running.",
     )
+    redelivery_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often a consumer looks for unacked messages whose job's lease is dead "
+        "(its consumer was killed) and puts them back on their queue: a killed consumer's job "
+        "runs again within about lease_ttl_s plus this, whatever the visibility timeout.",
+    )
+    max_deliveries: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="A job whose consumer died this many times while running it (the OOM "
+        "killer, typically) is failed and dead-lettered at its next delivery.",
+    )
     job_time_limit_s: int = Field(
         default=8 * 3600, ge=10, description="A job is failed past this; kept < visibility timeout."
     )
