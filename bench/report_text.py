@@ -42,14 +42,7 @@ thread, and against dipy's own `engine="dask"` CSD fit. Sizes: `hcp` (145x174x14
 288 volumes, ~486k seeds: the size the targets are stated for, ~27 min) and `medium`
 (72x87x72, 96 volumes, ~60k seeds, ~15 min with a paired serial run: the quick check).
 `cpu_inflation` is over the serial run beside a copy of itself when paired (our two workers
-share the two cores as two serial copies would), over the lone run with `--no-pair`.
-The merge into `tractogram.trx` is a stage of the job (its wall time, the consumer's CPU in it,
-and its share of the job's wall time). Then the two jobs that follow in the tractometry recipe
-run over the job's own result, each through the runner on its own fresh 2-worker cluster:
-`bundles` against the synthetic brain's atlas (`voxfleet synth atlas`, default parameters) and
-`profiles` (FA and MD, 100 nodes); the profiles are also computed with plain serial dipy calls
-over the same bundle files and maps (load, orient, `gaussian_weights`, `afq_profile`), timed in
-process, and compared value by value.""",
+share the two cores as two serial copies would), over the lone run with `--no-pair`.""",
         "limits": """
 The consumer holds the whole DWI in memory and broadcasts the dense fODF volume to every
 worker (4.2 GB of float32 DWI at HCP size, 1.3 GB of coefficients); workers reading their own
@@ -182,28 +175,6 @@ ROWS: dict[str, list[tuple[str, ...]]] = {
         ("streamlines, ours / serial", "{streamlines_ours} / {streamlines_serial}"),
         ("max point distance, ours vs serial", "{max_point_distance_mm:4} mm"),
         ("peak memory, ours / serial", "{ours.peak_pss_mib:gib} / {serial.peak_pss_mib:gib}"),
-        (
-            "merge into `tractogram.trx`: wall, consumer CPU, share of the job's wall",
-            "{merge.wall_s:1} s, {merge.cpu_s:1} CPU s, {merge.fraction_of_job_wall:4}",
-            "merge.fraction_of_job_wall <= 0.05",
-        ),
-        (
-            "`bundles` job after it: wall, CPU (every process), recognition tasks' CPU, peak",
-            "{tractometry.bundles.wall_s:1} s, {tractometry.bundles.cpu_s:1} CPU s, "
-            "{tractometry.bundles.tasks_cpu_s:1} CPU s, {tractometry.bundles.peak_pss_mib:gib}",
-        ),
-        (
-            "`profiles` job after that: wall, CPU (every process), profile tasks' CPU, peak",
-            "{tractometry.profiles.wall_s:1} s, {tractometry.profiles.cpu_s:1} CPU s, "
-            "{tractometry.profiles.tasks_cpu_s:1} CPU s, {tractometry.profiles.peak_pss_mib:gib}",
-        ),
-        (
-            "profiles by serial dipy: wall, CPU; bundles, streamlines; max abs difference",
-            "{tractometry.profiles.serial_wall_s:1} s, {tractometry.profiles.serial_cpu_s:1} "
-            "CPU s; {tractometry.profiles.profiled_bundles}, "
-            "{tractometry.profiles.profiled_streamlines}; "
-            "{tractometry.profiles.max_abs_diff_vs_serial:e}",
-        ),
     ],
     "bundles": [
         ("workload", "{models} model bundles, {subject_streamlines} streamlines"),
