@@ -1,20 +1,15 @@
 """The ``tractography`` job (2-worker LocalCluster, through the real runner) vs the plain serial
 dipy calls, and vs dipy's own ``engine="dask"`` CSD fit, on one synthetic subject in one run.
 
-``python -m bench tractography [--size=small|medium|hcp] [--no-dask-processes]
-[--no-tractometry]`` (default medium). The serial reference and dipy's dask fits run in a child
-process with one BLAS thread (as Dask workers have), so its CPU seconds are single-threaded
-dipy's and nothing else; it reports its own per-stage wall and CPU time, excluding interpreter
-start and imports.
+``python -m bench tractography [--size=small|medium|hcp] [--no-dask-processes]`` (default
+medium). The serial reference and dipy's dask fits run in a child process with one BLAS thread
+(as Dask workers have), so its CPU seconds are single-threaded dipy's and nothing else; it
+reports its own per-stage wall and CPU time, excluding interpreter start and imports.
 
 ``cpu_inflation`` divides our CPU seconds by the serial script's as measured with a second
 copy of it running beside it (unless ``--no-pair``): our two workers share the machine's two
 virtual cores, caches and memory bandwidth with each other, and a lone serial process does not.
 ``cpu_inflation_vs_solo`` is the same over the lone run; ``contention`` is the ratio of the two.
-
-``merge`` is the tractography job's own merge of its shards into ``tractogram.trx`` (wall, the
-consumer's CPU, and its share of the job's wall time); ``tractometry`` the two jobs that follow
-in the recipe, bundles and profiles, over the same result (``bench._tractometry``).
 """
 
 from __future__ import annotations
@@ -33,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from bench._tractometry import merge_figures
 from bench.harness import measure, write_results
 
 SUBJECT = "100000"  # what `voxfleet synth hcp URI --subjects 1` writes: the bench runs it
@@ -285,16 +279,8 @@ def main(options: list[str]) -> dict[str, Any]:
         equality = _compare(
             shard_paths, root / "ref0" / "serial.trk", subject / DIFF / "data.nii.gz"
         )
-        chain = None
-        if "--no-tractometry" not in options:
-            from bench._tractometry import measure_chain
-
-            chain = measure_chain(first.manifest_uri, root / "out0", root / "tractometry")
 
     figures = _figures(size, ours_runs, serial_runs, equality, pair)
-    figures["merge"] = merge_figures(first.timing)
-    if chain is not None:
-        figures["tractometry"] = chain
     write_results("tractography", figures)
     return figures
 
