@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import boto3
+import pytest
 import redis
 
 from producer.jobs import wait_for
@@ -17,6 +18,15 @@ from shared.settings import Settings
 from tests.integration.harness import consumer_env, running_consumer, voxfleet
 
 N_JOBS = 30
+
+
+@pytest.fixture(scope="module")
+def cohort(subject_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 subjects in the HCP layout (copies of one phantom under 30 ids: distinct jobs)."""
+    root = tmp_path_factory.mktemp("cohort")
+    for i in range(N_JOBS):
+        shutil.copytree(subject_dir, root / f"{200000 + i}")
+    return root
 
 
 def test_campaign_of_30_jobs_on_3_consumers(
