@@ -34,8 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import measure, write_results
-from bench.tractography import host_load
+from bench.harness import host_load, measure, write_results
 
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ENV = {**os.environ, **SINGLE_THREAD}

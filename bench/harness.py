@@ -15,7 +15,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +133,35 @@ def write_results(name: str, figures: dict[str, Any]) -> Path:
             print(f"  {key:32s} {value}")
     print(f"  -> {path}")
     return path
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds used by every process on this machine so far, and seconds stolen by the
+    hypervisor (``/proc/stat``); (0, 0) where that file does not exist."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+@contextmanager
+def host_load(own_cpu: Callable[[], float]) -> Iterator[dict[str, float]]:
+    """How busy the machine was around the block: CPU seconds of *other* processes (the
+    machine's total minus ``own_cpu()``), steal time and load average. On a shared machine a
+    figure measured next to someone else's job is not worth much; these say when that was so."""
+    info: dict[str, float] = {}
+    busy0, steal0 = _machine_cpu()
+    load0 = os.getloadavg()[0]
+    try:
+        yield info
+    finally:
+        busy1, steal1 = _machine_cpu()
+        info.update(
+            foreign_cpu_s=round(max(0.0, busy1 - busy0 - own_cpu()), 2),
+            steal_s=round(steal1 - steal0, 2),
+            loadavg_start=round(load0, 2),
+            loadavg_end=round(os.getloadavg()[0], 2),
+        )

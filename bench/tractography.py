@@ -1,15 +1,18 @@
 """The ``tractography`` job (2-worker LocalCluster, through the real runner) vs the plain serial
 dipy calls, and vs dipy's own ``engine="dask"`` CSD fit, on one synthetic subject in one run.
 
-``python -m bench tractography [--size=small|medium|hcp] [--no-dask-processes]`` (default
-medium). The serial reference and dipy's dask fits run in a child process with one BLAS thread
-(as Dask workers have), so its CPU seconds are single-threaded dipy's and nothing else; it
-reports its own per-stage wall and CPU time, excluding interpreter start and imports.
+``python -m bench tractography [--size=small|medium|hcp] [--no-dask-processes]
+[--no-tractometry]`` (default medium). The serial reference and dipy's dask fits run in a child
+process with one BLAS thread (as Dask workers have), so its CPU seconds are single-threaded
+dipy's and nothing else; it reports its own per-stage wall and CPU time, excluding interpreter
+start and imports.
 
 ``cpu_inflation`` divides our CPU seconds by the serial script's as measured with a second
 copy of it running beside it (unless ``--no-pair``): our two workers share the machine's two
 virtual cores, caches and memory bandwidth with each other, and a lone serial process does not.
 ``cpu_inflation_vs_solo`` is the same over the lone run; ``contention`` is the ratio of the two.
+
+``merge``, ``memory`` and ``tractometry`` (the steps after tracking): ``bench._tractometry``.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.harness import measure, write_results
+from bench._tractometry import after_tracking
+from bench.harness import host_load, measure, write_results
 
 SUBJECT = "100000"  # what `voxfleet synth hcp URI --subjects 1` writes: the bench runs it
 DIFF = "T1w/Diffusion"
@@ -190,38 +194,6 @@ def _balance(busy: dict[str, float]) -> float | None:
     return round(float(np.mean(values) / np.max(values)), 3) if values else None
 
 
-def _machine_cpu() -> tuple[float, float]:
-    """CPU seconds used by every process on this machine so far, and seconds stolen by the
-    hypervisor (``/proc/stat``); (0, 0) where that file does not exist."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return 0.0, 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    hz = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / hz, steal / hz
-
-
-@contextmanager
-def host_load(own_cpu: Callable[[], float]) -> Iterator[dict[str, float]]:
-    """How busy the machine was around the block: CPU seconds of *other* processes (the
-    machine's total minus ``own_cpu()``), steal time and load average. On a shared machine a
-    figure measured next to someone else's job is not worth much; these say when that was so."""
-    info: dict[str, float] = {}
-    busy0, steal0 = _machine_cpu()
-    load0 = os.getloadavg()[0]
-    try:
-        yield info
-    finally:
-        busy1, steal1 = _machine_cpu()
-        info.update(
-            foreign_cpu_s=round(max(0.0, busy1 - busy0 - own_cpu()), 2),
-            steal_s=round(steal1 - steal0, 2),
-            loadavg_start=round(load0, 2),
-            loadavg_end=round(os.getloadavg()[0], 2),
-        )
-
-
 def main(options: list[str]) -> dict[str, Any]:
     from consumers.runner import execute
     from producer.synth.hcp import write_subjects
@@ -279,8 +251,14 @@ def main(options: list[str]) -> dict[str, Any]:
         equality = _compare(
             shard_paths, root / "ref0" / "serial.trk", subject / DIFF / "data.nii.gz"
         )
+        dwi = subject / DIFF / "data.nii.gz"
+        after = after_tracking(first, root, dwi, chain="--no-tractometry" not in options)
 
-    figures = _figures(size, ours_runs, serial_runs, equality, pair)
+    figures = _figures(size, ours_runs, serial_runs, equality, pair) | after
+    memory = figures["memory"]
+    memory["peak_over_dwi_float32"] = round(
+        figures["ours"]["peak_pss_mib"] / memory["dwi_float32_mib"], 3
+    )
     write_results("tractography", figures)
     return figures
 

@@ -21,6 +21,7 @@ from dipy.reconst.csdeconv import (
 )
 from numpy.typing import NDArray
 
+from consumers.pipelines.diffusion.box import Box
 from consumers.pipelines.fanout import TaskStats, map_scattered, part_count, worker_count
 from shared.errors import InvalidInput
 
@@ -120,9 +121,26 @@ def fit_chunk(
 
 @dataclass
 class CsdFit:
-    shm_coeff: NDArray[np.float64]  # (x, y, z, coefficients), zero outside the mask
+    coeffs: NDArray[np.float64]  # (mask voxels, coefficients), in mask (C) order
+    mask: NDArray[np.bool_]
     chunks: int
     tasks: list[TaskStats]  # what each chunk's fit cost, and where it ran
+
+    def volume(self, box: Box | None = None) -> NDArray[np.float64]:
+        """The coefficients on the grid, zero outside the mask: the whole grid, or ``box`` of it
+        (which must hold every mask voxel: the mask's order is the same inside it)."""
+        box = box or Box.whole(self.mask.shape)
+        inside = self.mask[box.slices]
+        if int(np.count_nonzero(inside)) != len(self.coeffs):
+            raise ValueError("the box does not hold every mask voxel")
+        out = np.zeros((*box.shape, self.coeffs.shape[1]), dtype=np.float64)
+        out[inside] = self.coeffs
+        return out
+
+    @property
+    def shm_coeff(self) -> NDArray[np.float64]:
+        """What dipy's ``fit(data, mask).shm_coeff`` holds: (x, y, z, coefficients)."""
+        return self.volume()
 
 
 def fit_csd(
@@ -146,6 +164,5 @@ def fit_csd(
     results = map_scattered(client, fit_chunk, parts, gtab, response, sh_order_max, labels=labels)
     del parts
 
-    shm = np.zeros((*mask.shape, n_coefficients(sh_order_max)), dtype=np.float64)
-    shm[mask] = np.concatenate(results)
-    return CsdFit(shm, n_chunks, results.stats)
+    coeffs = np.concatenate(results).astype(np.float64, copy=False)
+    return CsdFit(coeffs, mask, n_chunks, results.stats)

@@ -61,8 +61,13 @@ class Subject:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        x, y, z = self.data.shape[:3]
+        x, y, z = self.mask.shape[:3]  # the mask's grid is the data's (load checks it)
         return (x, y, z)
+
+    def release_data(self) -> None:
+        """Let the DWI go (the largest array of a job: 4.2 GB at HCP size) once every stage that
+        reads it has run; the grid, mask and gradients stay."""
+        self.data = np.empty((0, 0, 0, self.data.shape[3]), dtype=np.float32)
 
 
 def _gradient_files(files: SubjectFiles) -> GradientFiles:

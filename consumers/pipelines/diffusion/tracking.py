@@ -6,9 +6,10 @@ remainder spread over the first shards, so the shards' ranges tile ``[0, n_seeds
 fast trackers track each seed independently of the others, so the union of the shards, in
 shard order, is what one serial ``deterministic_tracking`` call over all seeds returns.
 
-The fODF coefficients and the FA (the stopping criterion) go to every worker once; a shard task
-then takes references to them plus its own seeds, and returns only a few numbers (and, for the
-QC image, a sparse streamline-density map): streamlines never pass through the consumer.
+The fODF coefficients and the FA (the stopping criterion), cut to the white matter's bounding
+box (``box``: the same streamlines), go to every worker once; a shard task then takes
+references to them plus its own seeds, and returns only a few numbers (and, for the QC image, a
+sparse streamline-density map): streamlines never pass through the consumer.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nibabel.streamlines.array_sequence import ArraySequence
 from numpy.typing import NDArray
 
 from consumers.pipelines.diffusion.bounds import EdgeCounts, keep_in_grid
+from consumers.pipelines.diffusion.box import Box
 from consumers.pipelines.fanout import TaskStats, map_scattered
 from shared.params import TractographyParams
 from shared.store import ObjectInfo, ObjectStore
@@ -185,13 +187,17 @@ def track_shard(
     part: ShardSeeds,
     sh: NDArray[np.float64],
     fa: NDArray[np.float64],
+    box: Box,
     affine: NDArray[np.float64],
     header: Any,
     options: TrackingOptions,
     out: ObjectStore,
 ) -> dict[str, Any]:
-    """Runs on a worker: track one shard, save it, put it in the store; return its numbers."""
-    streamlines, edges = keep_in_grid(track(part.seeds, sh, fa, affine, options), affine, fa.shape)
+    """Runs on a worker: track one shard over ``box`` of the grid (``affine`` is the grid's),
+    save it, put it in the store; return its numbers."""
+    shape = box.grid_shape
+    tracked = track(part.seeds, sh, fa, box.affine(affine), options)
+    streamlines, edges = keep_in_grid(tracked, affine, shape)
     tractogram = StatefulTractogram(streamlines, header, Space.RASMM)
     key = shard_key(part.index, options.output_format)
     with tempfile.TemporaryDirectory(prefix="voxfleet-shard-") as tmp:
@@ -200,7 +206,7 @@ def track_shard(
         # the same check (dipy's default) would refuse.
         save_tractogram(tractogram, str(path), bbox_valid_check=True)
         info = out.put_file(key, path)
-    density = density_sparse(streamlines, affine, fa.shape) if options.density else None
+    density = density_sparse(streamlines, affine, shape) if options.density else None
     return {
         "key": info.key,
         "seed_start": part.start,
@@ -235,13 +241,18 @@ def track_sharded(
     seeds: NDArray[np.float64],
     sh: NDArray[np.float64],
     fa: NDArray[np.float64],
+    box: Box,
     affine: NDArray[np.float64],
     header: Any,
     options: TrackingOptions,
     out: ObjectStore,
     n_shards: int,
 ) -> TrackingResult:
-    """Track ``seeds`` in ``n_shards`` shards across the cluster, each written to ``out``."""
+    """Track ``seeds`` in ``n_shards`` shards across the cluster, each written to ``out``. ``sh``
+    is the coefficients over ``box`` of the grid (``CsdFit.volume(box)``), ``fa`` the whole
+    grid's FA, ``affine`` the grid's."""
+    if sh.shape[:3] != box.shape or fa.shape != box.grid_shape:
+        raise ValueError("sh must cover the box and fa the whole grid")
     bounds = plan_shards(len(seeds), n_shards)
     parts = [ShardSeeds(i, a, seeds[a:b]) for i, (a, b) in enumerate(bounds)]
     labels = [
@@ -256,12 +267,13 @@ def track_sharded(
         client,
         track_shard,
         parts,
+        box,
         affine,
         header,
         options,
         out,
         labels=labels,
-        shared=(sh, fa),
+        shared=(sh, box.cut(fa)),
     )
 
     density = np.zeros(fa.shape, dtype=np.int32) if options.density else None

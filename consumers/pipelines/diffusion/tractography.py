@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from consumers.pipelines.base import PipelineContext, PipelineResult
 from consumers.pipelines.diffusion import csd, qc, tracking, white_matter
+from consumers.pipelines.diffusion.box import Box, margin_voxels
 from consumers.pipelines.diffusion.dti import (
     brain_mask_upload,
     fit_tensor_values,
@@ -155,6 +156,8 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         )
     ctx.timer.extra["csd_chunks"] = fit.chunks
     record_tasks(ctx.timer, "csd", fit.tasks)
+    volumes = int(subject.data.shape[3])
+    subject.release_data()  # what follows reads the coefficients, FA and masks only
 
     with ctx.timer.stage("tracking"):
         seeds = tracking.make_seeds(mask, subject.affine, params.seeds_per_voxel)
@@ -163,18 +166,25 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         n_shards = part_count(
             params.shards, tracking.SHARDS_PER_WORKER, worker_count(client), len(seeds)
         )
+        box = (
+            Box.around(mask, margin_voxels(params.step_size, subject.zooms))
+            if params.tracker == "deterministic"
+            else Box.whole(subject.shape)  # its draws depend on voxel coordinates (see box)
+        )
+        ctx.timer.extra["tracking_box"] = {"shape": list(box.shape), "fraction": box.fraction}
         tracked = tracking.track_sharded(
             client,
             seeds,
-            fit.shm_coeff,
+            fit.volume(box),
             fa,
+            box,
             subject.affine,
             tracking.reference_header(subject.affine, subject.shape, subject.zooms),
             tracking.TrackingOptions.from_params(params),
             ctx.out,
             n_shards,
         )
-    del fit  # the largest array of the job (45 float64 per voxel); nothing below needs it
+    del fit
     ctx.timer.extra["shards"] = len(tracked.shards)
     record_tasks(ctx.timer, "tracking", tracked.tasks)
     with ctx.timer.stage("merge"):
@@ -213,7 +223,7 @@ def run(ctx: PipelineContext, loaded: Loaded, client: Any) -> PipelineResult:
         "csd_chunks": ctx.timer.extra["csd_chunks"],
         "tracker": params.tracker,
         "output_format": params.output_format,
-        "volumes": int(subject.data.shape[3]),
+        "volumes": volumes,
         "nonfinite_values": subject.nonfinite_values,
         **series_summary(subject),
     }

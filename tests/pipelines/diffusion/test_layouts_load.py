@@ -71,9 +71,10 @@ def _ctx(
 
 
 def _track(ctx: PipelineContext, client: Any) -> tuple[tractography.Loaded, PipelineResult]:
+    """The job's result, and the subject as loaded (the job lets its own copy's DWI go)."""
     tractography.check(ctx)
-    loaded = tractography.load(ctx)
-    return loaded, tractography.run(ctx, loaded, client)
+    result = tractography.run(ctx, tractography.load(ctx), client)
+    return tractography.load(ctx), result
 
 
 def _streamlines(ctx: PipelineContext, result: PipelineResult, dwi: Path) -> list[np.ndarray]:

@@ -103,8 +103,11 @@ def tract_ctx(tmp_path: Path) -> Iterator[Callable[..., PipelineContext]]:
 
 
 def run_job(ctx: PipelineContext, client: Any) -> tuple[tractography.Loaded, PipelineResult]:
+    """The job's result, and the subject as loaded (the job lets its own copy's DWI go)."""
     loaded = tractography.load(ctx)
-    return loaded, tractography.run(ctx, loaded, client)
+    result = tractography.run(ctx, loaded, client)
+    assert loaded.subject.data.size == 0 and loaded.subject.shape == loaded.subject.mask.shape
+    return tractography.load(ctx), result
 
 
 def load_shards(
@@ -287,6 +290,8 @@ def test_job_equals_serial_dipy_pipeline(
     assert pixels.shape[0] > pixels.shape[1] > 500  # three rows of three views
     stages = set(ctx.timer.stages)
     assert {"load", "mask", "dti", "response", "csd", "tracking", "merge", "write", "qc"} == stages
+    # What went to the workers: the white matter's box, not the grid.
+    assert 0.0 < ctx.timer.extra["tracking_box"]["fraction"] < 1.0
     for key in ("dti_workers_busy_s", "csd_workers_busy_s", "tracking_workers_busy_s"):
         busy = ctx.timer.extra[key]
         assert busy and all(addr.startswith("tcp://") for addr in busy), key
