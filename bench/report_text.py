@@ -44,9 +44,13 @@ thread, and against dipy's own `engine="dask"` CSD fit. Sizes: `hcp` (145x174x14
 `cpu_inflation` is over the serial run beside a copy of itself when paired (our two workers
 share the two cores as two serial copies would), over the lone run with `--no-pair`.""",
         "limits": """
-The consumer holds the whole DWI in memory and broadcasts the dense fODF volume to every
-worker (4.2 GB of float32 DWI at HCP size, 1.3 GB of coefficients); workers reading their own
-chunks would need the DWI in a chunked store first. At `medium` the first cluster start
+The figures here predate two memory cuts not yet measured at HCP size: the consumer now
+lets the DWI go (4.2 GB of float32 at HCP size) once CSD is fitted, and deterministic tracking
+sends every worker the fODF coefficients and FA over the white matter's bounding box only, not
+the dense volume (1.3 GB of coefficients at HCP size); the streamlines are the same bit for
+bit (`tests/pipelines/diffusion/test_box.py`). The consumer still holds the whole DWI through
+the DTI and CSD fits; workers reading their own chunks would need the DWI in a chunked store
+first. At `medium` the first cluster start
 (3.5 s, the forkserver importing dipy) is 4% of the job, over the 3% target; a consumer's
 later jobs fork their clusters in ~0.2 s. No paired serial run at HCP size: two serial copies
 at once risk this host's 24 GiB.""",
