@@ -7,7 +7,6 @@ profiles against dipy's serial calls over the same bundles and maps, timed side 
 
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.harness import measure
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from shared.timing import process_cpu_s
 
 
 def merge_figures(timing: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +58,7 @@ def serial_profiles(job: Path, bundles: list[dict[str, Any]], maps: Path) -> dic
     from dipy.stats.analysis import afq_profile, gaussian_weights
     from nibabel.streamlines.array_sequence import ArraySequence
 
-    wall0, cpu0 = time.perf_counter(), _cpu()
+    wall0, cpu0 = time.perf_counter(), process_cpu_s()
     images: dict[str, Any] = {m: nib.load(str(maps / f"{m}.nii.gz")) for m in ("fa", "md")}
     volumes = {m: np.asarray(img.dataobj, dtype=np.float64) for m, img in images.items()}
     found: dict[str, dict[str, Any]] = {}
@@ -79,7 +74,8 @@ def serial_profiles(job: Path, bundles: list[dict[str, Any]], maps: Path) -> dic
             m: afq_profile(v, lines, images[m].affine, n_points=100, weights=weights)
             for m, v in volumes.items()
         }
-    return {"wall_s": time.perf_counter() - wall0, "cpu_s": _cpu() - cpu0, "profiles": found}
+    wall, cpu = time.perf_counter() - wall0, process_cpu_s() - cpu0
+    return {"wall_s": wall, "cpu_s": cpu, "profiles": found}
 
 
 def measure_chain(tractography_manifest: str, results: Path, workdir: Path) -> dict[str, Any]:

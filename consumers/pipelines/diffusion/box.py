@@ -44,10 +44,11 @@ class Box:
     def around(cls, mask: NDArray[np.bool_], margin: int) -> Box:
         """The bounding box of ``mask``'s voxels grown by ``margin``, clipped to the grid; the
         whole grid for an empty mask."""
-        shape = (int(mask.shape[0]), int(mask.shape[1]), int(mask.shape[2]))
+        whole = cls.whole(mask.shape)
         found = np.argwhere(mask)
         if len(found) == 0:
-            return cls((0, 0, 0), shape, shape)
+            return whole
+        shape = whole.grid_shape
         low = np.maximum(found.min(axis=0) - margin, 0)
         high = np.minimum(found.max(axis=0) + 1 + margin, shape)
         return cls(
